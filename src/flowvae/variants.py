@@ -1,0 +1,70 @@
+"""The grammar of model variant names: a name is a whole model specification."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+GRAMMAR = (
+    "vae | nf{k} | rnvp{k} | iaf_d{depth}_w{width} | iaf_d{depth}_w{width}_fixed | "
+    "resvae_r{rungs}_gauss | resvae_r{rungs}_iaf, optionally followed by _elbo{k} or _iwae{k} "
+    "(k samples in the training objective); every number a positive integer, e.g. "
+    "'nf10', 'iaf_d2_w320', 'vae_iwae50'"
+)
+
+_POSITIVE = r"[1-9][0-9]*"
+_POSTERIOR = (
+    rf"vae|nf(?P<nf>{_POSITIVE})|rnvp(?P<rnvp>{_POSITIVE})"
+    rf"|iaf_d(?P<depth>{_POSITIVE})_w(?P<width>{_POSITIVE})(?P<fixed>_fixed)?"
+    rf"|resvae_r(?P<rungs>{_POSITIVE})_(?P<ladder>gauss|iaf)"
+)
+_OBJECTIVE = rf"(?:_(?P<objective>elbo|iwae)(?P<objective_k>{_POSITIVE}))?"
+
+# Usable as a Snakemake wildcard constraint: no named groups, anchored by Snakemake itself.
+WILDCARD_PATTERN = re.sub(r"\?P<\w+>", "", f"(?:{_POSTERIOR}){_OBJECTIVE}")
+_FULL = re.compile(f"^(?:{_POSTERIOR}){_OBJECTIVE}$")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A parsed variant name."""
+
+    name: str
+    family: str  # vae | nf | rnvp | iaf | resvae
+    steps: int = 0  # planar steps, real-NVP steps, IAF depth or ResNet-VAE rungs
+    width: int = 0  # MADE hidden width (IAF only)
+    fixed_sigma: bool = False  # IAF with sigma fixed to 1
+    ladder_posterior: str = ""  # gauss | iaf (resvae only)
+    objective: str = "elbo"  # elbo | iwae
+    objective_k: int = 1  # samples per data point in the training objective
+
+    @property
+    def posterior_name(self) -> str:
+        """The name without its objective suffix."""
+        return re.sub(r"_(elbo|iwae)[0-9]+$", "", self.name)
+
+
+def parse_variant(name: str) -> Variant:
+    """Parse a variant name; raise ValueError quoting the grammar if it is not one."""
+    match = _FULL.match(name) if isinstance(name, str) else None
+    if match is None:
+        raise ValueError(f"unknown model variant {name!r}; expected {GRAMMAR}")
+    g = match.groupdict()
+    objective = g["objective"] or "elbo"
+    objective_k = int(g["objective_k"] or 1)
+    common = dict(name=name, objective=objective, objective_k=objective_k)
+    if g["nf"]:
+        return Variant(family="nf", steps=int(g["nf"]), **common)
+    if g["rnvp"]:
+        return Variant(family="rnvp", steps=int(g["rnvp"]), **common)
+    if g["depth"]:
+        return Variant(
+            family="iaf",
+            steps=int(g["depth"]),
+            width=int(g["width"]),
+            fixed_sigma=bool(g["fixed"]),
+            **common,
+        )
+    if g["rungs"]:
+        return Variant(family="resvae", steps=int(g["rungs"]), ladder_posterior=g["ladder"], **common)
+    return Variant(family="vae", **common)
