@@ -201,8 +201,11 @@ def _load_splits(spec: DatasetSpec, raw_dir: Path, mirror: Path | None) -> dict[
     }
 
 
-def prepare(spec: DatasetSpec, raw_dir: Path, out_dir: Path, mirror: str | Path | None = None) -> dict[str, Path]:
-    """Fetch, verify and parse a data set; write one uint8 .npz per split; return their paths."""
+def prepare(
+    spec: DatasetSpec, raw_dir: Path, out_dir: Path, mirror: str | Path | None = None, subset: dict | None = None
+) -> dict[str, Path]:
+    """Fetch, verify and parse a data set; write one uint8 .npz per split (its first `subset[split]`
+    images when a subset is given); return their paths."""
     splits = _load_splits(spec, Path(raw_dir), mirror_root(mirror))
     if not spec.digits:
         for split, arrays in splits.items():
@@ -213,6 +216,9 @@ def prepare(spec: DatasetSpec, raw_dir: Path, out_dir: Path, mirror: str | Path 
                 )
     paths = {}
     for split, arrays in splits.items():
+        n = (subset or {}).get(split)
+        if n:
+            arrays = {k: v[:n] for k, v in arrays.items()}
         dest = Path(out_dir) / f"{split}.npz"
         with atomic_path(dest) as tmp, open(tmp, "wb") as f:
             np.savez(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})

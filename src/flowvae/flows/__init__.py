@@ -1,0 +1,20 @@
+"""Normalizing flows: each maps z (..., D) to z' and returns log|det dz'/dz| per sample."""
+
+from flowvae.flows.base import Chain, Flow, Identity
+from flowvae.flows.iaf import IAFStep, iaf
+from flowvae.flows.made import MADE, MaskedLinear
+from flowvae.flows.planar import Planar
+from flowvae.flows.realnvp import AffineCoupling, real_nvp
+
+__all__ = [
+    "MADE",
+    "AffineCoupling",
+    "Chain",
+    "Flow",
+    "IAFStep",
+    "Identity",
+    "MaskedLinear",
+    "Planar",
+    "iaf",
+    "real_nvp",
+]

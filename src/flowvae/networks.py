@@ -1,0 +1,193 @@
+"""Encoders x -> (mu, log_std, h) and decoders z -> likelihood parameters.
+
+mlp: `layers` dense ELU layers of `hidden` units each way.
+resnet (the IAF paper's MNIST/CIFAR networks): three stride-2 3x3 ResNet blocks with
+`channels` (16, 32, 32), each followed by a stride-1 block, flattened (28x28 inputs are
+zero-padded to 32x32, giving 4x4x32 = 512), a dense ELU layer of `dense` units, then the
+heads; the decoder mirrors it with transposed convolutions; every layer weight-normalised.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+NET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": {"kind": "mlp", "z_dim": 32, "context_dim": 450, "coupling_hidden": 256, "hidden": 450, "layers": 2},
+    "resnet": {
+        "kind": "resnet",
+        "z_dim": 32,
+        "context_dim": 450,
+        "coupling_hidden": 256,
+        "channels": [16, 32, 32],
+        "dense": 450,
+    },
+}
+_INITIAL_LOG_STD = -2.0  # resnet encoder: q0 starts with std about 0.14
+
+
+def net_settings(net: dict[str, Any]) -> dict[str, Any]:
+    """The net dict with defaults filled in; ValueError names unknown kinds or keys."""
+    kind = net.get("kind", "mlp")
+    if kind not in NET_DEFAULTS:
+        raise ValueError(f"unknown network kind {kind!r}; expected one of {sorted(NET_DEFAULTS)}")
+    unknown = sorted(set(net) - set(NET_DEFAULTS[kind]))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {unknown} in {kind} network settings; known: {sorted(NET_DEFAULTS[kind])}"
+        )
+    return {**NET_DEFAULTS[kind], **net}
+
+
+def _split_head(out: Tensor, z_dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(mu, log_std, h) from the encoder's last layer."""
+    return out[:, :z_dim], out[:, z_dim : 2 * z_dim], out[:, 2 * z_dim :]
+
+
+class MLPEncoder(nn.Module):
+    """Dense ELU encoder: x -> (mu, log_std, h)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], hidden: int, layers: int, z_dim: int, context_size: int):
+        super().__init__()
+        self.z_dim = z_dim
+        sizes = [math.prod(image_shape)] + [hidden] * layers
+        self.body = nn.Sequential(
+            nn.Flatten(), *[m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ELU())]
+        )
+        self.head = nn.Linear(sizes[-1], 2 * z_dim + context_size)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Posterior base parameters and context for a batch (B, C, H, W)."""
+        return _split_head(self.head(self.body(x)), self.z_dim)
+
+
+class MLPDecoder(nn.Module):
+    """Dense ELU decoder: z (N, D) -> parameters (N, out_channels, H, W)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], hidden: int, layers: int, z_dim: int, out_channels: int):
+        super().__init__()
+        _, height, width = image_shape
+        self.out_shape = (out_channels, height, width)
+        sizes = [z_dim] + [hidden] * layers
+        self.body = nn.Sequential(*[m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ELU())])
+        self.head = nn.Linear(sizes[-1], math.prod(self.out_shape))
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Likelihood parameters for latents z."""
+        return self.head(self.body(z)).view(-1, *self.out_shape)
+
+
+def _wn(layer: nn.Module) -> nn.Module:
+    """Weight-normalise a layer over its output units."""
+    return weight_norm(layer, dim=1 if isinstance(layer, nn.ConvTranspose2d) else 0)
+
+
+class ResBlock(nn.Module):
+    """elu(skip(x) + conv(elu(conv(x)))), 3x3 kernels; resample is 'none', 'down' or 'up' (by 2)."""
+
+    def __init__(self, c_in: int, c_out: int, resample: str = "none") -> None:
+        super().__init__()
+        if resample == "down":
+            self.conv1 = _wn(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1))
+            self.skip = _wn(nn.Conv2d(c_in, c_out, 1, stride=2))
+        elif resample == "up":
+            self.conv1 = _wn(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1))
+            self.skip = _wn(nn.ConvTranspose2d(c_in, c_out, 2, stride=2))
+        elif resample == "none":
+            self.conv1 = _wn(nn.Conv2d(c_in, c_out, 3, padding=1))
+            self.skip = nn.Identity() if c_in == c_out else _wn(nn.Conv2d(c_in, c_out, 1))
+        else:
+            raise ValueError(f"resample must be 'none', 'down' or 'up', not {resample!r}")
+        self.conv2 = _wn(nn.Conv2d(c_out, c_out, 3, padding=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Residual update."""
+        return F.elu(self.skip(x) + self.conv2(F.elu(self.conv1(x))))
+
+
+def _padding(image_shape: tuple[int, int, int]) -> tuple[int, int, int, int]:
+    """Zero padding (left, right, top, bottom) that makes H and W multiples of 8."""
+    _, height, width = image_shape
+    ph, pw = -height % 8, -width % 8
+    return (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+
+
+class ResNetEncoder(nn.Module):
+    """ResNet encoder: x -> (mu, log_std, h), with a small initial posterior std."""
+
+    def __init__(
+        self, image_shape: tuple[int, int, int], channels: list[int], dense: int, z_dim: int, context_size: int
+    ):
+        super().__init__()
+        self.z_dim = z_dim
+        self.pad = _padding(image_shape)
+        c_in, height, width = image_shape
+        blocks: list[nn.Module] = []
+        for c in channels:
+            blocks += [ResBlock(c_in, c, "down"), ResBlock(c, c)]
+            c_in = c
+        scale = 2 ** len(channels)
+        flat = c_in * ((height + self.pad[2] + self.pad[3]) // scale) * ((width + self.pad[0] + self.pad[1]) // scale)
+        self.body = nn.Sequential(*blocks, nn.Flatten(), _wn(nn.Linear(flat, dense)), nn.ELU())
+        self.head = _wn(nn.Linear(dense, 2 * z_dim + context_size))
+        with torch.no_grad():
+            self.head.parametrizations.weight.original0[z_dim : 2 * z_dim] *= 0.1
+            self.head.bias[z_dim : 2 * z_dim] = _INITIAL_LOG_STD
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Posterior base parameters and context for a batch (B, C, H, W)."""
+        return _split_head(self.head(self.body(F.pad(x, self.pad))), self.z_dim)
+
+
+class ResNetDecoder(nn.Module):
+    """Mirror of ResNetEncoder: z (N, D) -> parameters (N, out_channels, H, W)."""
+
+    def __init__(
+        self, image_shape: tuple[int, int, int], channels: list[int], dense: int, z_dim: int, out_channels: int
+    ):
+        super().__init__()
+        _, height, width = image_shape
+        self.pad = _padding(image_shape)
+        self.image_hw = (height, width)
+        scale = 2 ** len(channels)
+        self.grid = (
+            channels[-1],
+            (height + self.pad[2] + self.pad[3]) // scale,
+            (width + self.pad[0] + self.pad[1]) // scale,
+        )
+        rev = list(channels[::-1])
+        blocks: list[nn.Module] = []
+        for c, c_next in zip(rev, rev[1:] + rev[-1:]):
+            blocks += [ResBlock(c, c), ResBlock(c, c_next, "up")]
+        self.dense = nn.Sequential(
+            _wn(nn.Linear(z_dim, dense)), nn.ELU(), _wn(nn.Linear(dense, math.prod(self.grid))), nn.ELU()
+        )
+        self.body = nn.Sequential(*blocks, _wn(nn.Conv2d(rev[-1], out_channels, 3, padding=1)))
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Likelihood parameters for latents z, cropped to the image size."""
+        out = self.body(self.dense(z).view(-1, *self.grid))
+        left, _, top, _ = self.pad
+        return out[:, :, top : top + self.image_hw[0], left : left + self.image_hw[1]]
+
+
+def build_networks(
+    net: dict[str, Any], image_shape: tuple[int, int, int], context_size: int, out_channels: int
+) -> tuple[nn.Module, nn.Module]:
+    """Encoder and decoder for the settings `net` (defaults filled in, unknown keys refused)."""
+    s = net_settings(net)
+    if s["kind"] == "mlp":
+        return (
+            MLPEncoder(image_shape, s["hidden"], s["layers"], s["z_dim"], context_size),
+            MLPDecoder(image_shape, s["hidden"], s["layers"], s["z_dim"], out_channels),
+        )
+    channels = list(s["channels"])
+    return (
+        ResNetEncoder(image_shape, channels, s["dense"], s["z_dim"], context_size),
+        ResNetDecoder(image_shape, channels, s["dense"], s["z_dim"], out_channels),
+    )

@@ -1,0 +1,626 @@
+"""Result tables (markdown + LaTeX) and the summary page, built from eval.json files only.
+
+Reads eval.json / train.jsonl / samples.npz and the published numbers; never a model, never torch.
+
+Command line (each writes its outputs atomically)::
+
+    python -m flowvae.report table --params params.yaml --table table1 [--profile quick] \\
+        --published reference/paper_results.csv \\
+        --out-md reports/table1.md --out-tex reports/table1.tex EVAL_JSON...
+    python -m flowvae.report summary --out reports/summary.md FILE_OR_DIR...
+
+`table`: the spec is params["tables"][TABLE]; --profile defaults to params["profile"]; EVAL_JSON may
+include runs of other tables (they are filtered by dataset and model), but every row of the table
+needs at least one. `summary`: FILE_OR_DIR are the tables' .md/.tex files and the figures (.png,
+.pdf, .svg) or folders holding them; links are written relative to the summary's folder.
+The same entry points as functions: main_table(argv), main_summary(argv), main(argv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flowvae.atomic import atomic_path
+
+PUBLISHED_COLUMNS = ("source", "table", "dataset", "model", "metric", "value", "note")
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+TABLE_SUFFIXES = (".md", ".tex")
+MISSING_MD = "—"
+MISSING_TEX = "--"
+
+
+class MissingEvalError(ValueError):
+    """A table row has no eval.json among the inputs."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How one table metric is read from eval.json, labelled and compared with published numbers."""
+
+    key: str
+    md: str
+    tex: str
+    get: Callable[[Mapping[str, Any]], Any]
+    se: Callable[[Mapping[str, Any]], Any] | None = None
+    published: str | None = None
+    digits: int = 2
+    shows_k: bool = False
+
+
+def _field(*path: str) -> Callable[[Mapping[str, Any]], Any]:
+    """A getter for a (nested) eval.json field; None where absent."""
+
+    def get(ev: Mapping[str, Any]) -> Any:
+        value: Any = ev
+        for part in path:
+            if not isinstance(value, Mapping):
+                return None
+            value = value.get(part)
+        return value
+
+    return get
+
+
+def _bpd_se(nats: str, bits: str) -> Callable[[Mapping[str, Any]], Any]:
+    """Standard error in bits/dim, scaled from the nats one by the eval's own bits/nats ratio."""
+
+    def get(ev: Mapping[str, Any]) -> Any:
+        se, value, bpd = ev.get(f"{nats}_se"), ev.get(nats), _field("bits_per_dim", bits)(ev)
+        if se is None or not value or bpd is None:
+            return None
+        return se * bpd / value
+
+    return get
+
+
+def _bpd_gap(ev: Mapping[str, Any]) -> Any:
+    """The ELBO gap in bits/dim."""
+    elbo, nll = _field("bits_per_dim", "neg_elbo")(ev), _field("bits_per_dim", "neg_log_px")(ev)
+    return None if elbo is None or nll is None else elbo - nll
+
+
+METRICS: dict[str, Metric] = {
+    m.key: m
+    for m in (
+        Metric("neg_elbo", "-ELBO", r"$-$ELBO", _field("neg_elbo"), _field("neg_elbo_se"), "neg_elbo"),
+        Metric("neg_log_px", "-log p(x)", r"$-\log p(x)$", _field("neg_log_px"), _field("neg_log_px_se"),
+               "neg_log_px", shows_k=True),
+        Metric("recon", "-log p(x|z)", r"$-\log p(x|z)$", _field("recon"), None, "neg_log_px_given_z"),
+        Metric("kl", "KL", "KL", _field("kl")),
+        Metric("gap", "gap", "gap", _field("gap")),
+        Metric("active_units", "active units", "active units", _field("active_units"), None, "active_units", 0),
+        Metric("n_params", "parameters", "parameters", _field("n_params"), None, None, 0),
+        Metric("train_minutes", "train min", "train min", _field("train_minutes"), None, None, 1),
+        Metric("ess_fraction", "ESS/K", "ESS/$K$", _field("ess_fraction"), None, None, 3),
+        Metric("bits_per_dim_elbo", "-ELBO (bits/dim)", r"$-$ELBO (bits/dim)", _field("bits_per_dim", "neg_elbo"),
+               _bpd_se("neg_elbo", "neg_elbo"), "bits_per_dim_elbo", 3),
+        Metric("bits_per_dim", "-log p(x) (bits/dim)", r"$-\log p(x)$ (bits/dim)",
+               _field("bits_per_dim", "neg_log_px"), _bpd_se("neg_log_px", "neg_log_px"), "bits_per_dim", 3,
+               shows_k=True),
+        Metric("gap_bits_per_dim", "gap (bits/dim)", "gap (bits/dim)", _bpd_gap, None, None, 3),
+    )
+}
+ALIASES = {
+    "neg_log_px_given_z": "recon",
+    "bits_per_dim.neg_elbo": "bits_per_dim_elbo",
+    "bits_per_dim.neg_log_px": "bits_per_dim",
+}
+# `units: bits_per_dim` in a table spec turns the nats metrics into their bits/dim versions.
+BPD_UNITS = {"neg_elbo": "bits_per_dim_elbo", "neg_log_px": "bits_per_dim", "gap": "gap_bits_per_dim"}
+BY_PUBLISHED = {m.published: m for m in METRICS.values() if m.published}
+
+
+def metric(name: str, units: str | None = None) -> Metric:
+    """The Metric for a spec name (or alias); ValueError listing the known ones otherwise."""
+    key = ALIASES.get(name, name)
+    if units == "bits_per_dim":
+        key = BPD_UNITS.get(key, key)
+    if key not in METRICS:
+        raise ValueError(f"unknown table metric {name!r}; known: {', '.join([*METRICS, *ALIASES])}")
+    return METRICS[key]
+
+
+# ---------------------------------------------------------------- reading inputs
+
+
+def load_published(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read paper_results.csv: one row per (source, table, dataset, model, metric) with a float value."""
+    df = pd.read_csv(csv_path, dtype={"source": str, "dataset": str, "model": str, "metric": str, "note": str})
+    missing = [c for c in PUBLISHED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{csv_path}: missing columns {missing}; expected {list(PUBLISHED_COLUMNS)}")
+    df["table"] = pd.to_numeric(df["table"], errors="coerce").astype("Int64")
+    df["value"] = pd.to_numeric(df["value"], errors="raise").astype(float)
+    df["note"] = df["note"].fillna("")
+    return df
+
+
+def load_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read one eval.json; ValueError if it lacks the fields that identify the run."""
+    with open(path, encoding="utf-8") as fh:
+        ev = json.load(fh)
+    missing = [k for k in ("model", "dataset") if k not in ev]
+    if missing:
+        raise ValueError(f"{path}: eval.json lacks {missing}")
+    return ev
+
+
+def load_train_log(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a train.jsonl (one JSON object per epoch) into a DataFrame."""
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return pd.DataFrame(rows)
+
+
+def run_id(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Profile, dataset, model and seed of a run file: from the eval.json beside it, else the path."""
+    p = Path(path)
+    beside = p.with_name("eval.json")
+    if beside.is_file():
+        try:
+            ev = load_eval(beside)
+            return {k: ev.get(k) for k in ("profile", "dataset", "model", "seed")}
+        except (OSError, ValueError):
+            pass
+    # results/{profile}/{dataset}/{model}/seed{seed}/file
+    parts = p.parts
+    match = re.fullmatch(r"seed(\d+)", parts[-2]) if len(parts) >= 2 else None
+    if match and len(parts) >= 5:
+        return {"profile": parts[-5], "dataset": parts[-4], "model": parts[-3], "seed": int(match.group(1))}
+    return {"profile": None, "dataset": None, "model": p.parent.name or p.stem, "seed": None}
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _num(value: float, digits: int) -> str:
+    """A number with fixed decimals (thousands separators for integers)."""
+    return f"{value:,.0f}" if digits == 0 else f"{value:.{digits}f}"
+
+
+def _pm(value: float, err: float | None, digits: int, tex: bool) -> str:
+    """`value ± err`, or the value alone where there is no error."""
+    if err is None or (isinstance(err, float) and math.isnan(err)):
+        return _num(value, digits)
+    sep = r" $\pm$ " if tex else " ± "
+    return f"{_num(value, digits)}{sep}{_num(err, digits or 1)}"
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX special characters in plain text."""
+    table = {
+        "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+        "±": r"$\pm$", "−": "$-$", "Δ": r"$\Delta$", "—": "--", "–": "--",
+    }
+    return "".join(table.get(ch, ch) for ch in text)
+
+
+def _md_escape(text: str) -> str:
+    """Escape the pipes that would otherwise split a markdown table cell."""
+    return text.replace("|", r"\|")
+
+
+def _describe(values: Iterable[Any]) -> str:
+    """Distinct values joined for a caption (e.g. '30' or '10, 30')."""
+    distinct = sorted({v for v in values if v is not None}, key=lambda v: (str(type(v)), v))
+    return ", ".join(str(v) for v in distinct) if distinct else "unknown"
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """One table entry, rendered separately for markdown and LaTeX."""
+
+    md: str
+    tex: str
+
+
+def _ours(m: Metric, runs: list[Mapping[str, Any]], table: str) -> tuple[_Cell, float]:
+    """Our entry for one metric over a model's seeds, and its mean (for differences)."""
+    values = []
+    for ev in runs:
+        value = m.get(ev)
+        if value is None:
+            raise ValueError(
+                f"{table}: eval.json of {ev.get('model')} seed {ev.get('seed')} has no value for "
+                f"{m.key!r} (is the metric right for dataset {ev.get('dataset')}?)"
+            )
+        values.append(float(value))
+    mean = statistics.fmean(values)
+    if len(values) > 1:
+        err: float | None = statistics.stdev(values)
+    elif m.se is not None and m.se(runs[0]) is not None:
+        err = float(m.se(runs[0]))
+    else:
+        err = None
+    digits = m.digits
+    if m.key == "active_units" and not float(mean).is_integer():
+        digits = 1
+    if m.key == "n_params":
+        err = None if err == 0 else err
+    md, tex = _pm(mean, err, digits, tex=False), _pm(mean, err, digits, tex=True)
+    if m.key == "active_units":
+        dims = {ev.get("latent_dim") for ev in runs} - {None}
+        if len(dims) == 1:
+            dim = dims.pop()
+            md, tex = (f"{md}/{dim}", f"{tex}/{dim}") if err is None else (f"{md} / {dim}", f"{tex} / {dim}")
+    return _Cell(md, tex), mean
+
+
+def _published_for(spec: Mapping[str, Any], published: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str], str]:
+    """The published rows for this table, its sources in order, and the primary source."""
+    pub_spec = spec.get("published") or {}
+    if published is None or not pub_spec.get("tables"):
+        return pd.DataFrame(columns=list(PUBLISHED_COLUMNS)), [], ""
+    rows = published[published["table"].isin([int(t) for t in pub_spec["tables"]])]
+    sources = list(pub_spec.get("sources") or dict.fromkeys(rows["source"]))
+    rows = rows[rows["source"].isin(sources)]
+    primary = str(pub_spec.get("primary") or (sources[0] if sources else ""))
+    return rows, sources, primary
+
+
+def build_table(
+    name: str,
+    spec: Mapping[str, Any],
+    evals: Sequence[Mapping[str, Any]],
+    published: pd.DataFrame | None,
+    context: Mapping[str, Any] | None = None,
+) -> tuple[str, str]:
+    """Markdown and LaTeX for one params.yaml table spec, with published numbers beside ours."""
+    context = dict(context or {})
+    dataset = spec.get("dataset") or context.get("dataset")
+    units = spec.get("units")
+    metrics = [metric(m, units) for m in spec.get("metrics") or ["neg_elbo", "neg_log_px", "gap"]]
+    rows = [r if isinstance(r, Mapping) else {"model": r} for r in spec.get("rows") or []]
+    if not rows:
+        raise ValueError(f"{name}: the table spec has no rows")
+
+    by_model: dict[str, list[Mapping[str, Any]]] = {}
+    for ev in evals:
+        if dataset is None or ev.get("dataset") == dataset:
+            by_model.setdefault(str(ev["model"]), []).append(ev)
+    wanted = [str(r["model"]) for r in rows]
+    missing = [m for m in wanted if m not in by_model]
+    if missing:
+        have = sorted(set(by_model) & set(wanted)) or "none"
+        raise MissingEvalError(
+            f"{name}: no eval.json for model(s) {', '.join(missing)} on dataset {dataset} "
+            f"(profile {context.get('profile') or 'any'}); rows with evals: {have}. Expected "
+            f"results/{context.get('profile') or '{profile}'}/{dataset}/{missing[0]}/seed{{seed}}/eval.json"
+        )
+    runs: dict[str, list[Mapping[str, Any]]] = {}
+    for model in wanted:
+        seen: dict[Any, Mapping[str, Any]] = {}
+        for ev in by_model[model]:
+            if ev.get("seed") in seen:
+                raise ValueError(f"{name}: two eval.json for {model} seed {ev.get('seed')}")
+            seen[ev.get("seed")] = ev
+        runs[model] = sorted(seen.values(), key=lambda ev: (ev.get("seed") is None, ev.get("seed") or 0))
+    chosen = [ev for model in wanted for ev in runs[model]]
+    profile = context.get("profile")
+    others = {ev.get("profile") for ev in chosen} - {None, profile}
+    if profile and others:
+        raise ValueError(f"{name}: evals from profile(s) {sorted(others)} mixed into a {profile!r} table")
+
+    pub_rows, sources, primary = _published_for(spec, published)
+    pub_key = {str(r["model"]): str(r.get("published_as") or r["model"]) for r in rows}
+    pub_here = pub_rows[pub_rows["model"].isin(set(pub_key.values()))]
+    keyed = pub_here[["source", "model", "metric", "value"]]
+    if keyed.duplicated(["source", "model", "metric"]).any():
+        dup = keyed[keyed.duplicated(["source", "model", "metric"], keep=False)].to_dict("records")
+        raise ValueError(f"{name}: published numbers given twice: {dup}")
+    pub_value = {(s, mo, me): v for s, mo, me, v in keyed.itertuples(index=False)}
+    pub_metrics = list(dict.fromkeys(
+        [m.published for m in metrics if m.published in set(pub_here["metric"])] + list(pub_here["metric"])
+    ))
+
+    ks = _describe(ev.get("K") for ev in chosen)
+    n_seeds = {model: len(runs[model]) for model in wanted}
+    columns: list[tuple[str, str]] = [("model", "model")]
+    if max(n_seeds.values()) > 1:
+        columns.append(("seeds", "seeds"))
+    for m in metrics:
+        k = f" (K={ks})" if m.shows_k else ""
+        columns.append((m.md + k, m.tex + (f" ($K={ks}$)" if k else "")))
+    body: list[list[_Cell]] = []
+    means: dict[tuple[str, str], float] = {}
+    for row in rows:
+        model = str(row["model"])
+        label = str(row.get("label") or model)
+        cells = [_Cell(label, latex_escape(label))]
+        if max(n_seeds.values()) > 1:
+            cells.append(_Cell(str(n_seeds[model]), str(n_seeds[model])))
+        for m in metrics:
+            cell, mean = _ours(m, runs[model], name)
+            cells.append(cell)
+            means[(model, m.key)] = mean
+        body.append(cells)
+
+    diff_sources: dict[str, str] = {}
+    for pm in pub_metrics:
+        label_md = BY_PUBLISHED[pm].md if pm in BY_PUBLISHED else pm
+        label_tex = BY_PUBLISHED[pm].tex if pm in BY_PUBLISHED else latex_escape(pm)
+        digits = BY_PUBLISHED[pm].digits if pm in BY_PUBLISHED else 2
+        present = [s for s in sources if any((s, pub_key[str(r["model"])], pm) in pub_value for r in rows)]
+        for source in present:
+            columns.append((f"{source} {label_md}", f"{latex_escape(source)} {label_tex}"))
+            for cells, row in zip(body, rows):
+                value = pub_value.get((source, pub_key[str(row["model"])], pm))
+                cells.append(_Cell(MISSING_MD, MISSING_TEX) if value is None else
+                             _Cell(_num(value, digits), _num(value, digits)))
+        # the difference is taken against the primary source, or the first one that has this metric
+        ref = primary if primary in present else (present[0] if present else None)
+        if ref is None or pm not in BY_PUBLISHED:
+            continue
+        diff_sources[pm] = ref
+        columns.append((f"Δ {ref} {label_md}", rf"$\Delta$ {latex_escape(ref)} {label_tex}"))
+        ours_metric = BY_PUBLISHED[pm]
+        for cells, row in zip(body, rows):
+            model = str(row["model"])
+            value = pub_value.get((ref, pub_key[model], pm))
+            if value is None:
+                cells.append(_Cell(MISSING_MD, MISSING_TEX))
+                continue
+            mean = means.get((model, ours_metric.key))
+            if mean is None:
+                mean = _ours(ours_metric, runs[model], name)[1]
+            delta = f"{mean - value:+.{max(digits, 1) if ours_metric.key == 'active_units' else digits}f}"
+            cells.append(_Cell(delta, delta))
+
+    caption = _caption(name, spec, context, chosen, n_seeds, diff_sources, pub_key, pub_rows, sources)
+    md_frame = pd.DataFrame([[_md_escape(c.md) for c in cells] for cells in body],
+                            columns=[_md_escape(c[0]) for c in columns])
+    tex_frame = pd.DataFrame([[c.tex for c in cells] for cells in body], columns=[c[1] for c in columns])
+    markdown = (
+        f"**{caption[0]}**\n\n"
+        + md_frame.to_markdown(index=False, disable_numparse=True, colalign=["left"] + ["right"] * (len(columns) - 1))
+        + "\n\n" + caption[1] + "\n"
+    )
+    tex_title = str(spec.get("title") or caption[0])  # LaTeX numbers the table itself
+    latex = tex_frame.to_latex(
+        index=False,
+        escape=False,
+        caption=(latex_escape(f"{tex_title}. {caption[1]}"), latex_escape(tex_title)),
+        label=f"tab:{name}",
+        position="htbp",
+        column_format="l" + "r" * (len(columns) - 1),
+    )
+    return markdown, latex
+
+
+def _caption(
+    name: str,
+    spec: Mapping[str, Any],
+    context: Mapping[str, Any],
+    chosen: Sequence[Mapping[str, Any]],
+    n_seeds: Mapping[str, int],
+    diff_sources: Mapping[str, str],
+    pub_key: Mapping[str, str],
+    pub_rows: pd.DataFrame,
+    sources: Sequence[str],
+) -> tuple[str, str]:
+    """The title line and the provenance text of a table."""
+    number = re.sub(r"^table", "Table ", name)
+    title = f"{number}: {spec['title']}" if spec.get("title") else number
+
+    def first(key: str) -> str:
+        from_evals = _describe(ev.get(key) for ev in chosen)
+        return from_evals if from_evals != "unknown" else _describe([context.get(key)])
+
+    seeds = _describe(ev.get("seed") for ev in chosen)
+    if seeds == "unknown":
+        seeds = _describe(context.get("seeds") or [])
+    parts = [
+        f"Profile {first('profile')}, data set {spec.get('dataset') or first('dataset')}, "
+        f"{first('epochs')} epochs, K = {first('K')} importance samples, seeds {seeds}, "
+        f"commit {first('commit')}."
+    ]
+    counts = set(n_seeds.values())
+    if counts == {1}:
+        parts.append("± is the standard error over test points (one seed per model).")
+    elif 1 in counts:
+        parts.append("± is the standard deviation over seeds (count in the seeds column); "
+                     "for single-seed rows, the standard error over test points.")
+    else:
+        parts.append(f"Entries are mean ± standard deviation over {_describe(counts)} seeds.")
+    if diff_sources:
+        refs = _describe(diff_sources.values())
+        parts.append(f"Δ = ours − published ({refs}); published numbers from {', '.join(sources)}.")
+    elif sources:
+        parts.append(f"Published numbers from {', '.join(sources)}.")
+    mapped = [f"{m} as {p}" for m, p in pub_key.items() if m != p]
+    if mapped:
+        parts.append(f"Published rows matched: {', '.join(mapped)}.")
+    unmatched = pub_rows[~pub_rows["model"].isin(set(pub_key.values()))]
+    if len(unmatched):
+        extra = "; ".join(f"{source}: {', '.join(dict.fromkeys(group['model']))}"
+                          for source, group in unmatched.groupby("source", sort=False))
+        parts.append(f"Published models without a row here: {extra}.")
+    return title, " ".join(parts)
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 text to path atomically (temporary name in the same folder, then os.replace)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_table(
+    name: str,
+    spec: Mapping[str, Any],
+    evals: Sequence[Mapping[str, Any]],
+    published: pd.DataFrame | None,
+    context: Mapping[str, Any] | None,
+    out_md: str | os.PathLike[str],
+    out_tex: str | os.PathLike[str],
+) -> tuple[str, str]:
+    """Build a table and write its .md and .tex atomically; returns both texts."""
+    markdown, latex = build_table(name, spec, evals, published, context)
+    write_text_atomic(out_md, markdown)
+    write_text_atomic(out_tex, latex)
+    return markdown, latex
+
+
+def _natural(path: str | os.PathLike[str]) -> list[Any]:
+    """Sort key that puts table2 before table10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def build_summary(
+    table_files: Iterable[str | os.PathLike[str]],
+    figure_files: Iterable[str | os.PathLike[str]],
+    base_dir: str | os.PathLike[str] | None = None,
+) -> str:
+    """Markdown page linking every table (its markdown inlined) and every figure."""
+
+    def link(path: Path) -> str:
+        return Path(os.path.relpath(path, base_dir)).as_posix() if base_dir is not None else path.as_posix()
+
+    tables: dict[str, dict[str, Path]] = {}
+    for f in map(Path, table_files):
+        tables.setdefault(str(f.with_suffix("")), {})[f.suffix] = f
+    figures: dict[str, dict[str, Path]] = {}
+    for f in map(Path, figure_files):
+        figures.setdefault(str(f.with_suffix("")), {})[f.suffix] = f
+
+    lines = ["# flowvae results", ""]
+    if tables:
+        lines += ["## Tables", ""]
+    for stem in sorted(tables, key=_natural):
+        files = tables[stem]
+        links = " · ".join(f"[{f.name}]({link(f)})" for _, f in sorted(files.items()))
+        lines += [f"### {Path(stem).name}", "", links, ""]
+        md = files.get(".md")
+        if md is not None and md.is_file():
+            lines += [md.read_text(encoding="utf-8").strip(), ""]
+    if figures:
+        lines += ["## Figures", ""]
+    for stem in sorted(figures, key=_natural):
+        files = figures[stem]
+        name = Path(stem).name
+        lines += [f"### {name}", ""]
+        image = files.get(".png") or files.get(".svg")
+        if image is not None:
+            lines += [f"![{name}]({link(image)})", ""]
+        lines += [" · ".join(f"[{f.name}]({link(f)})" for _, f in sorted(files.items())), ""]
+    if not tables and not figures:
+        lines += ["No tables or figures were given.", ""]
+    return "\n".join(lines)
+
+
+def _expand(paths: Iterable[str]) -> tuple[list[Path], list[Path]]:
+    """Split files (and folders, walked) into table files and figure files; others are an error."""
+    tables, figures = [], []
+    for raw in paths:
+        p = Path(raw)
+        found = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for f in found:
+            if f.suffix in TABLE_SUFFIXES:
+                tables.append(f)
+            elif f.suffix in FIGURE_SUFFIXES:
+                figures.append(f)
+            elif not p.is_dir():
+                raise ValueError(f"{f}: neither a table ({TABLE_SUFFIXES}) nor a figure ({FIGURE_SUFFIXES})")
+    return tables, figures
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _profile_value(block: Any, key: str) -> Any:
+    """A value from the profile block, at its top level or one level down (e.g. evaluate.K)."""
+    if not isinstance(block, Mapping):
+        return None
+    if key in block:
+        return block[key]
+    for sub in block.values():
+        if isinstance(sub, Mapping) and key in sub:
+            return sub[key]
+    return None
+
+
+def table_context(params: Mapping[str, Any], profile: str | None, dataset: str | None) -> dict[str, Any]:
+    """Fallback caption facts from params.yaml (eval.json values take precedence)."""
+    profile = profile or params.get("profile")
+    block = (params.get("profiles") or {}).get(profile) if isinstance(params.get("profiles"), Mapping) else None
+    return {
+        "profile": profile,
+        "dataset": dataset,
+        "epochs": _profile_value(block, "epochs"),
+        "K": _profile_value(block, "K"),
+        "seeds": _profile_value(block, "seeds"),
+        "commit": None,
+    }
+
+
+def main_table(argv: Sequence[str] | None = None) -> int:
+    """CLI: write one table's .md and .tex from params.yaml, the published CSV and eval.json files."""
+    import yaml
+
+    ap = argparse.ArgumentParser(prog="python -m flowvae.report table", description=main_table.__doc__)
+    ap.add_argument("--params", required=True, help="params.yaml")
+    ap.add_argument("--table", required=True, help="key under params['tables'], e.g. table1")
+    ap.add_argument("--profile", help="profile name (default: params['profile'])")
+    ap.add_argument("--published", help="paper_results.csv (omit for no published columns)")
+    ap.add_argument("--out-md", required=True)
+    ap.add_argument("--out-tex", required=True)
+    ap.add_argument("evals", nargs="*", help="eval.json files")
+    args = ap.parse_args(argv)
+
+    with open(args.params, encoding="utf-8") as fh:
+        params = yaml.safe_load(fh) or {}
+    tables = params.get("tables") or {}
+    if args.table not in tables:
+        raise SystemExit(f"{args.params}: no table {args.table!r} under 'tables' (have: {', '.join(tables)})")
+    spec = tables[args.table]
+    context = table_context(params, args.profile, spec.get("dataset"))
+    published = load_published(args.published) if args.published else None
+    evals = [load_eval(p) for p in args.evals]
+    try:
+        write_table(args.table, spec, evals, published, context, args.out_md, args.out_tex)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
+    return 0
+
+
+def main_summary(argv: Sequence[str] | None = None) -> int:
+    """CLI: write reports/summary.md linking the given tables and figures (files or folders)."""
+    ap = argparse.ArgumentParser(prog="python -m flowvae.report summary", description=main_summary.__doc__)
+    ap.add_argument("--out", required=True, help="summary markdown file")
+    ap.add_argument("files", nargs="*", help="table .md/.tex, figure .png/.pdf/.svg, or folders of them")
+    args = ap.parse_args(argv)
+    tables, figures = _expand(args.files)
+    write_text_atomic(args.out, build_summary(tables, figures, base_dir=Path(args.out).parent))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI dispatcher: `table ...` or `summary ...`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"table": main_table, "summary": main_summary}
+    if not argv or argv[0] not in commands:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Evaluation: importance sampling against the ELBO and against quadrature, objectives, active units."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flowvae.evaluate import LogMeanExp, active_units, evaluate, importance_sample, is_curve
+from flowvae.objectives import free_bits_kl, objective
+from flowvae.train import Trainer, batches_for, make_model
+from flowvae.vae import VAEOutput
+
+
+@pytest.fixture
+def trained(tiny, tmp_path):
+    cfg = tiny("vae", epochs=3)
+    out = tmp_path / "run"
+    Trainer(cfg, out).run()
+    return cfg, out
+
+
+def test_evaluate_writes_eval_json_and_samples(trained):
+    cfg, out = trained
+    metrics = evaluate(cfg, out)
+    on_disk = json.loads((out / "eval.json").read_text())
+    assert on_disk == metrics
+    assert metrics["n_test"] == 32 and metrics["K"] == 16
+    assert metrics["gap"] == pytest.approx(metrics["neg_elbo"] - metrics["neg_log_px"])
+    assert metrics["neg_elbo"] == pytest.approx(metrics["recon"] + metrics["kl"])
+    assert 0 < metrics["ess_fraction"] <= 1
+    assert metrics["bits_per_dim"] is None
+    assert [p["K"] for p in metrics["is_curve"]] == [1, 4, 16]
+    with np.load(out / "samples.npz") as f:
+        assert f["originals"].shape == f["reconstructions"].shape == (16, 1, 8, 8)
+        assert f["prior_samples"].shape[1:] == (1, 8, 8)
+        assert f["interpolations"].shape[:2] == (4, 8)
+
+
+def test_is_estimate_is_above_elbo_and_tightens_with_k(trained):
+    cfg, out = trained
+    model = make_model(cfg)
+    from flowvae.train import load_weights
+
+    load_weights(model, out / "model.safetensors")
+    model.eval()
+    test = batches_for(cfg, "test", 32, False, 0)
+    torch.manual_seed(0)
+    r = importance_sample(model, test, K=2048, device=torch.device("cpu"), max_batch=8192, curve_points=32)
+    curve = {p["K"]: p["neg_log_px"] for p in is_curve(r["curve_log_w"], [1, 16, 256])}
+    neg_elbo = float(-r["elbo"].mean())
+    assert curve[1] == pytest.approx(neg_elbo)  # one sample per block is the ELBO itself
+    assert curve[256] < curve[16] < curve[1]
+    assert float(-r["log_px"].mean()) <= neg_elbo
+
+
+def test_is_agrees_with_quadrature_for_a_2d_latent(tiny):
+    cfg = tiny("vae", network={"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 2, "context_dim": 4})
+    torch.manual_seed(1)
+    model = make_model(cfg).double().eval()
+    x = next(batches_for(cfg, "test", 4, False, 0).epoch(0)).double()
+    g = torch.linspace(-7, 7, 561, dtype=torch.float64)
+    step = (g[1] - g[0]).item()
+    zz = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        params = model.decoder(zz)
+        log_prior = -0.5 * (zz**2).sum(-1) - math.log(2 * math.pi)
+        exact = []
+        for i in range(x.shape[0]):
+            log_lik = model.likelihood.log_prob(params, x[i : i + 1].expand(zz.shape[0], -1, -1, -1))
+            exact.append(torch.logsumexp(log_lik + log_prior, 0) + 2 * math.log(step))
+        exact = torch.stack(exact)
+        torch.manual_seed(2)
+        acc = LogMeanExp(x.shape[0])
+        for _ in range(10):
+            out = model(x, n_samples=5000)
+            acc.add(out.log_px_z + out.log_pz - out.log_qz)
+    assert torch.allclose(acc.log_mean(), exact, atol=0.05), (acc.log_mean(), exact)
+
+
+def test_iwae_with_one_sample_equals_elbo():
+    torch.manual_seed(0)
+    out = VAEOutput(
+        log_px_z=torch.randn(1, 7) - 50, log_pz=torch.randn(1, 7) - 3, log_qz=torch.randn(1, 7), z=torch.randn(1, 7, 2), mu=torch.zeros(7, 2)
+    )
+    assert objective(out, "iwae").loss.item() == pytest.approx(objective(out, "elbo").loss.item(), rel=1e-6)
+    out5 = VAEOutput(
+        log_px_z=torch.randn(5, 7) - 50, log_pz=torch.randn(5, 7) - 3, log_qz=torch.randn(5, 7), z=torch.randn(5, 7, 2), mu=torch.zeros(7, 2)
+    )
+    assert objective(out5, "iwae").loss.item() < objective(out5, "elbo").loss.item()
+
+
+def test_free_bits_floor_per_group():
+    kl = torch.tensor([0.01, 0.5, 2.0]).expand(3, 4, 3)
+    assert free_bits_kl(kl, 0.1).item() == pytest.approx(0.1 + 0.5 + 2.0)
+    assert free_bits_kl(kl, 1.0).item() == pytest.approx(1.0 + 1.0 + 2.0)
+
+
+def test_active_units_on_a_constructed_case():
+    torch.manual_seed(0)
+    n, k = 2000, 4
+    signal = torch.zeros(n, 5)
+    signal[:, 0] = torch.randn(n)  # Var 1: active
+    signal[:, 1] = 0.2 * torch.randn(n)  # Var 0.04: active
+    signal[:, 2] = 0.05 * torch.randn(n)  # Var 0.0025: inactive
+    within = torch.ones(n, 5)  # posterior variance 1 around each mean: sample means are noisy
+    samples = signal[None] + within.sqrt()[None] * torch.randn(k, n, 5)
+    mean_z = samples.mean(0)
+    var_z = samples.var(0, unbiased=True)
+    assert active_units(mean_z, var_z, k) == 2
+    assert active_units(mean_z, torch.zeros_like(var_z), k) == 5  # without the noise correction every unit looks active
+
+
+def test_running_log_mean_exp_matches_direct_computation():
+    torch.manual_seed(0)
+    log_w = torch.randn(100, 3, dtype=torch.float64) * 30
+    acc = LogMeanExp(3)
+    for chunk in log_w.split(7):
+        acc.add(chunk)
+    direct = torch.logsumexp(log_w, 0) - math.log(100)
+    assert torch.allclose(acc.log_mean(), direct)
+    w = torch.exp(log_w - log_w.max(0).values)
+    assert torch.allclose(acc.ess(), w.sum(0) ** 2 / (w**2).sum(0))

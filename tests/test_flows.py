@@ -1,0 +1,169 @@
+"""Flows in float64: log|det| against autograd Jacobians, inverses, autoregressive structure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd.functional import jacobian
+
+from flowvae.flows import MADE, AffineCoupling, Flow, IAFStep, Planar, iaf, real_nvp
+
+D, C, N = 5, 3, 4
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Run every test in float64 with a fixed seed."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def perturb(module: nn.Module, scale: float = 0.5) -> nn.Module:
+    """Move every parameter away from its initial value."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return module
+
+
+def planar_context(n: int, steps: int, dim: int = D) -> torch.Tensor:
+    """Random amortized planar parameters (u, w, b per step)."""
+    return 1.5 * torch.randn(n, steps * (2 * dim + 1))
+
+
+def flows() -> dict[str, tuple[Flow, int]]:
+    """Every flow under test with random parameters, and the context size it reads."""
+    return {
+        "planar": (Planar(D, 3), 3 * (2 * D + 1)),
+        "coupling": (perturb(AffineCoupling(D, C, 16, parity=1)), C),
+        "real_nvp": (perturb(real_nvp(D, 2, C, 16)), C),
+        "iaf_step": (perturb(IAFStep(D, 16, C)), C),
+        "iaf_step_reversed": (perturb(IAFStep(D, 16, C, reverse=True)), C),
+        "iaf": (perturb(iaf(D, 3, 16, C)), C),
+        "iaf_fixed": (perturb(iaf(D, 2, 16, C, fixed_sigma=True)), C),
+        "iaf_no_context": (perturb(iaf(D, 2, 16, 0)), 0),
+    }
+
+
+def autograd_log_abs_det(flow: Flow, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """log|det J| per sample from the full autograd Jacobian."""
+    out = []
+    for zi, ci in zip(z, context):
+        jac = jacobian(lambda v: flow(v[None], ci[None])[0][0], zi)
+        out.append(torch.linalg.slogdet(jac).logabsdet)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("name", list(flows()))
+def test_log_abs_det_matches_autograd_jacobian(name: str) -> None:
+    flow, context_size = flows()[name]
+    context = planar_context(N, 3) if name == "planar" else torch.randn(N, context_size)
+    z = 2.0 * torch.randn(N, D)
+    z_new, ladj = flow(z, context)
+    assert z_new.shape == z.shape and ladj.shape == (N,)
+    assert not torch.allclose(z_new, z), "flow acts as the identity: the test would be vacuous"
+    torch.testing.assert_close(ladj, autograd_log_abs_det(flow, z, context), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", list(flows()))
+def test_inverse_undoes_forward(name: str) -> None:
+    flow, context_size = flows()[name]
+    context = planar_context(N, 3) if name == "planar" else torch.randn(N, context_size)
+    z = torch.randn(N, D)
+    z_new, ladj = flow(z, context)
+    z_back, ladj_inverse = flow.inverse(z_new, context)
+    torch.testing.assert_close(z_back, z, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(ladj_inverse, -ladj, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["planar", "real_nvp", "iaf"])
+def test_context_broadcasts_over_a_leading_sample_dimension(name: str) -> None:
+    flow, context_size = flows()[name]
+    context = planar_context(N, 3) if name == "planar" else torch.randn(N, context_size)
+    z = torch.randn(7, N, D)
+    z_new, ladj = flow(z, context)
+    z_rep, ladj_rep = flow(z.reshape(-1, D), context.repeat(7, 1))
+    torch.testing.assert_close(z_new, z_rep.view(7, N, D))
+    torch.testing.assert_close(ladj, ladj_rep.view(7, N))
+
+
+def test_real_nvp_transforms_every_dimension() -> None:
+    flow = perturb(real_nvp(D, 1, C, 16))
+    z, context = torch.randn(N, D), torch.randn(N, C)
+    moved = (flow(z, context)[0] - z).abs().min(0).values
+    assert (moved > 0).all()
+
+
+def test_real_nvp_starts_as_identity() -> None:
+    flow = real_nvp(D, 2, C, 16)
+    z = torch.randn(N, D)
+    z_new, ladj = flow(z, torch.randn(N, C))
+    torch.testing.assert_close(z_new, z)
+    torch.testing.assert_close(ladj, torch.zeros(N))
+
+
+@pytest.mark.parametrize("order", [list(range(D)), list(range(D))[::-1], [2, 0, 4, 1, 3]])
+def test_made_jacobian_is_strictly_triangular_in_its_order(order: list[int]) -> None:
+    made = perturb(MADE(D, 32, C, torch.tensor(order), outputs_per_dim=2))
+    z, context = torch.randn(D), torch.randn(1, C)
+    jac = jacobian(lambda v: made(v[None], context)[0], z).view(2, D, D)
+    rank = torch.tensor(order)
+    allowed = rank[None, :] < rank[:, None]  # output i may depend on input k iff order[k] < order[i]
+    assert (jac[:, ~allowed] == 0).all()
+    assert (jac[:, allowed] != 0).all()
+
+
+def test_made_first_output_depends_on_context() -> None:
+    made = perturb(MADE(D, 32, C, torch.arange(D)))
+    z = torch.randn(1, D)
+    jac = jacobian(lambda h: made(z, h[None])[0], torch.randn(C)).view(2, D, C)
+    assert (jac[:, 0].abs() > 0).all()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("fixed_sigma", [False, True])
+def test_iaf_step_output_depends_only_on_earlier_inputs(reverse: bool, fixed_sigma: bool) -> None:
+    step = perturb(IAFStep(D, 32, C, fixed_sigma=fixed_sigma, reverse=reverse))
+    z, context = torch.randn(D), torch.randn(1, C)
+    jac = jacobian(lambda v: step(v[None], context)[0][0], z)
+    rank = torch.arange(D).flip(0) if reverse else torch.arange(D)
+    later = rank[None, :] > rank[:, None]
+    assert (jac[later] == 0).all()
+    assert (jac[rank[None, :] < rank[:, None]] != 0).all()
+    if fixed_sigma:
+        torch.testing.assert_close(jac.diagonal(), torch.ones(D))
+
+
+def test_iaf_sigma_starts_close_to_one() -> None:
+    step = IAFStep(D, 32, C)
+    _, log_sigma = step._m_and_log_sigma(torch.randn(N, D), torch.randn(N, C))
+    assert log_sigma.exp().mean() > 0.7
+
+
+def test_iaf_reverses_order_between_steps() -> None:
+    flow = iaf(D, 3, 8, C)
+    assert [s.reverse for s in flow.steps] == [False, True, False]
+
+
+@pytest.mark.parametrize("wu", [-1e3, -30.0, -1.0, 0.0, 5.0])
+def test_planar_stays_invertible_for_adversarial_u_and_w(wu: float) -> None:
+    w = torch.randn(D)
+    u = wu * w / w.dot(w)  # w.u = wu, u parallel to w: the worst case
+    b = torch.tensor([0.3])
+    context = torch.cat([u, w, b])[None]
+    flow = Planar(D, 1)
+    # Walk along w through the steepest point: w.f(z) must strictly increase.
+    t = torch.linspace(-3.0, 3.0, 2001)
+    z = (t[:, None] - b) * w / w.dot(w)
+    z_new, ladj = flow(z, context)
+    projected = z_new @ w
+    assert (projected.diff() > 0).all()
+    assert torch.isfinite(ladj).all()
+    pts = torch.randn(N, D)
+    dets = torch.stack([torch.linalg.det(jacobian(lambda v: flow(v[None], context)[0][0], p)) for p in pts])
+    assert (dets > 0).all()
+    torch.testing.assert_close(flow(pts, context.expand(N, -1))[1], dets.log())

@@ -1,0 +1,218 @@
+"""Tables and the summary page from synthetic eval.json files."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from flowvae import report
+
+SPEC = {
+    "title": "Binarized MNIST: diagonal Gaussian vs IAF posteriors",
+    "dataset": "binarized_mnist",
+    "rows": [{"model": "vae"}, {"model": "iaf_d2_w320"}, {"model": "vae_elbo5", "published_as": "vae_k5"}],
+    "metrics": ["neg_elbo", "neg_log_px", "gap", "active_units", "n_params", "train_minutes"],
+    "published": {"tables": [1], "sources": ["paper_a", "replication_b"]},
+}
+CONTEXT = {"profile": "quick", "dataset": "binarized_mnist", "epochs": 30, "K": 128, "seeds": [0], "commit": None}
+
+
+def _eval(model: str, seed: int = 0, dataset: str = "binarized_mnist", **overrides) -> dict:
+    """A synthetic eval.json dict following the contract."""
+    ev = {
+        "profile": "quick", "dataset": dataset, "model": model, "seed": seed, "commit": "abc1234",
+        "device": "cpu", "n_test": 10000, "K": 128, "epochs": 30, "train_minutes": 12.34,
+        "n_params": 1234567, "latent_dim": 32, "neg_elbo": 84.10, "neg_elbo_se": 0.21, "recon": 60.0,
+        "kl": 24.1, "neg_log_px": 81.00, "neg_log_px_se": 0.05, "gap": 3.10, "active_units": 20,
+        "ess_fraction": 0.3, "bits_per_dim": None, "is_curve": [{"K": 1, "neg_log_px": 84.0}],
+        "eval_seconds": 30.0, "is_samples_per_s": 5e4,
+    }
+    ev.update(overrides)
+    return ev
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> pd.DataFrame:
+    rows = [
+        ("paper_a", 1, "binarized_mnist", "vae", "neg_elbo", 84.08, "x"),
+        ("paper_a", 1, "binarized_mnist", "vae", "neg_log_px", 81.08, ""),
+        ("paper_a", 1, "binarized_mnist", "iaf_d2_w320", "neg_log_px", 79.77, ""),
+        ("replication_b", 1, "binarized_mnist", "vae", "neg_log_px", 83.22, ""),
+        ("replication_b", 1, "binarized_mnist", "vae_k5", "neg_log_px", 82.50, ""),
+        ("paper_a", 1, "binarized_mnist", "iaf_d8_w1920", "neg_log_px", 79.10, "not reproduced here"),
+        ("other_c", 1, "binarized_mnist", "vae", "neg_log_px", 1.0, "source not in the spec"),
+        ("paper_a", 2, "binarized_mnist", "vae", "neg_log_px", 2.0, "another table"),
+        ("paper_d", None, "cifar10", "realnvp_density", "bits_per_dim", 3.49, "no table"),
+    ]
+    path = tmp_path / "paper_results.csv"
+    pd.DataFrame(rows, columns=list(report.PUBLISHED_COLUMNS)).to_csv(path, index=False)
+    return report.load_published(path)
+
+
+def _md_rows(markdown: str) -> list[list[str]]:
+    """The cells of a markdown table's body rows."""
+    lines = [ln for ln in markdown.splitlines() if ln.startswith("|")][2:]
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", ln.strip("|"))] for ln in lines]
+
+
+def _md_header(markdown: str) -> list[str]:
+    """The header cells of a markdown table."""
+    line = next(ln for ln in markdown.splitlines() if ln.startswith("|"))
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip("|"))]
+
+
+def _column(markdown: str, name: str) -> list[str]:
+    """One column of a markdown table by its header."""
+    index = _md_header(markdown).index(name)
+    return [row[index] for row in _md_rows(markdown)]
+
+
+def test_load_published_types(published: pd.DataFrame) -> None:
+    assert published["value"].dtype == float
+    assert published["table"].isna().sum() == 1
+
+
+def test_single_seed_rows_published_and_differences(published: pd.DataFrame) -> None:
+    evals = [_eval("iaf_d2_w320", neg_log_px=80.00), _eval("vae_elbo5", neg_log_px=81.70), _eval("vae"),
+             _eval("nf4"), _eval("vae", dataset="cifar10")]
+    md, tex = report.build_table("table1", SPEC, evals, published, CONTEXT)
+    assert [row[0] for row in _md_rows(md)] == ["vae", "iaf_d2_w320", "vae_elbo5"]
+    assert _column(md, "-log p(x) (K=128)") == ["81.00 ± 0.05", "80.00 ± 0.05", "81.70 ± 0.05"]
+    assert _column(md, "-ELBO")[0] == "84.10 ± 0.21"
+    assert _column(md, "active units")[0] == "20/32"
+    assert _column(md, "parameters")[0] == "1,234,567"
+    assert _column(md, "paper_a -log p(x)") == ["81.08", "79.77", "—"]
+    assert _column(md, "replication_b -log p(x)") == ["83.22", "—", "82.50"]
+    assert _column(md, "paper_a -ELBO") == ["84.08", "—", "—"]
+    assert f"{80.00 - 79.77:+.2f}" == "+0.23"
+    assert _column(md, "Δ paper_a -log p(x)") == [f"{81.00 - 81.08:+.2f}", "+0.23", "—"]
+    assert _column(md, "Δ paper_a -ELBO")[0] == f"{84.10 - 84.08:+.2f}"
+    assert not any("other_c" in h for h in _md_header(md))
+    assert "seeds" not in _md_header(md)
+    for fact in ("quick", "binarized_mnist", "30 epochs", "K = 128", "seeds 0", "abc1234", "standard error"):
+        assert fact in md, fact
+    assert "iaf_d8_w1920" in md  # published but without a row: named in the notes
+    assert "vae_elbo5 as vae_k5" in md
+
+
+def test_mean_and_std_over_two_seeds(published: pd.DataFrame) -> None:
+    spec = {**SPEC, "rows": [{"model": "vae"}], "metrics": ["neg_log_px", "active_units"]}
+    evals = [_eval("vae", 0, neg_log_px=81.0, active_units=20), _eval("vae", 1, neg_log_px=81.5, active_units=21)]
+    md, _ = report.build_table("table1", spec, evals, published, CONTEXT)
+    mean, sd = statistics.fmean([81.0, 81.5]), statistics.stdev([81.0, 81.5])
+    assert _column(md, "-log p(x) (K=128)") == [f"{mean:.2f} ± {sd:.2f}"]
+    assert _column(md, "active units") == [f"20.5 ± {statistics.stdev([20, 21]):.1f} / 32"]
+    assert _column(md, "seeds") == ["2"]
+    assert _column(md, "Δ paper_a -log p(x)") == [f"{mean - 81.08:+.2f}"]
+    assert "mean ± standard deviation over 2 seeds" in md
+    assert "seeds 0, 1" in md
+
+
+def test_missing_eval_names_the_model(published: pd.DataFrame) -> None:
+    evals = [_eval("vae"), _eval("vae_elbo5"), _eval("iaf_d2_w320", dataset="cifar10")]
+    with pytest.raises(report.MissingEvalError, match="iaf_d2_w320") as err:
+        report.build_table("table1", SPEC, evals, published, CONTEXT)
+    assert "binarized_mnist" in str(err.value)
+
+
+def test_errors_for_duplicates_profiles_and_metrics(published: pd.DataFrame) -> None:
+    spec = {**SPEC, "rows": [{"model": "vae"}]}
+    with pytest.raises(ValueError, match="two eval.json"):
+        report.build_table("t", spec, [_eval("vae"), _eval("vae")], published, CONTEXT)
+    with pytest.raises(ValueError, match="smoke"):
+        report.build_table("t", spec, [_eval("vae", profile="smoke")], published, CONTEXT)
+    with pytest.raises(ValueError, match="unknown table metric"):
+        report.build_table("t", {**spec, "metrics": ["bogus"]}, [_eval("vae")], published, CONTEXT)
+    with pytest.raises(ValueError, match="bits_per_dim"):
+        report.build_table("t", {**spec, "metrics": ["bits_per_dim"]}, [_eval("vae")], published, CONTEXT)
+
+
+def test_bits_per_dim_table_uses_bits_fields(tmp_path: Path) -> None:
+    csv = tmp_path / "p.csv"
+    csv.write_text("source,table,dataset,model,metric,value,note\n"
+                   "rep,3,cifar10,vae,bits_per_dim_elbo,6.460,\nrep,3,cifar10,vae,bits_per_dim,6.431,\n")
+    spec = {"title": "CIFAR-10", "dataset": "cifar10", "rows": ["vae"], "metrics": ["neg_elbo", "neg_log_px"],
+            "units": "bits_per_dim", "published": {"tables": [3], "sources": ["rep"]}}
+    ev = _eval("vae", dataset="cifar10", neg_log_px=4500.0, neg_log_px_se=3.0,
+               bits_per_dim={"neg_elbo": 6.500, "neg_log_px": 6.450})
+    md, _ = report.build_table("table3", spec, [ev], report.load_published(csv), {"profile": "quick"})
+    assert _column(md, "-log p(x) (bits/dim) (K=128)") == [f"6.450 ± {3.0 * 6.45 / 4500:.3f}"]
+    assert _column(md, "rep -ELBO (bits/dim)") == ["6.460"]
+    assert _column(md, "Δ rep -log p(x) (bits/dim)") == [f"{6.450 - 6.431:+.3f}"]
+
+
+def test_reconstruction_metric_maps_to_published_neg_log_px_given_z(tmp_path: Path) -> None:
+    csv = tmp_path / "p.csv"
+    csv.write_text("source,table,dataset,model,metric,value,note\n"
+                   "rnvp,5,binarized_mnist,nf4,neg_log_px_given_z,65.5,\n")
+    spec = {"dataset": "binarized_mnist", "rows": ["nf4"], "metrics": ["recon"], "published": {"tables": [5]}}
+    md, tex = report.build_table("table5", spec, [_eval("nf4", recon=60.25)], report.load_published(csv), {})
+    assert _md_header(md)[1:] == [r"-log p(x\|z)", r"rnvp -log p(x\|z)", r"Δ rnvp -log p(x\|z)"]
+    assert _md_rows(md) == [["nf4", "60.25", "65.50", f"{60.25 - 65.5:+.2f}"]]
+    assert r"$\Delta$ rnvp $-\log p(x|z)$" in tex
+
+
+def test_latex_booktabs_escaping_caption(published: pd.DataFrame) -> None:
+    evals = [_eval("vae"), _eval("iaf_d2_w320"), _eval("vae_elbo5")]
+    _, tex = report.build_table("table1", SPEC, evals, published, CONTEXT)
+    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
+    assert r"iaf\_d2\_w320" in tex and "iaf_d2_w320" not in tex.replace(r"\_", "")
+    assert r"paper\_a $-\log p(x)$" in tex
+    assert r"81.00 $\pm$ 0.05" in tex
+    assert r"\caption[" in tex and r"binarized\_mnist" in tex and "abc1234" in tex
+    assert r"\label{tab:table1}" in tex
+
+
+def test_write_table_and_cli(tmp_path: Path, published: pd.DataFrame, monkeypatch) -> None:
+    params = {"profile": "quick", "profiles": {"quick": {"epochs": 30, "evaluate": {"K": 128}}},
+              "tables": {"table1": SPEC}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    csv = tmp_path / "pub.csv"
+    published.to_csv(csv, index=False)
+    files = []
+    for model in ("vae", "iaf_d2_w320", "vae_elbo5"):
+        path = tmp_path / "results" / "quick" / "binarized_mnist" / model / "seed0" / "eval.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(_eval(model)))
+        files.append(str(path))
+    out_md, out_tex = tmp_path / "reports" / "table1.md", tmp_path / "reports" / "table1.tex"
+    argv = ["table", "--params", str(tmp_path / "params.yaml"), "--table", "table1", "--published", str(csv),
+            "--out-md", str(out_md), "--out-tex", str(out_tex), *files]
+    assert report.main(argv) == 0
+    assert "| vae " in out_md.read_text() and r"\bottomrule" in out_tex.read_text()
+    assert sorted(p.name for p in out_md.parent.iterdir()) == ["table1.md", "table1.tex"]  # no temporaries left
+    with pytest.raises(SystemExit, match="vae_elbo5"):
+        report.main(argv[:-1])
+    figures = tmp_path / "reports" / "figures"
+    figures.mkdir()
+    for name in ("flow_steps_binarized_mnist.png", "flow_steps_binarized_mnist.pdf"):
+        (figures / name).write_bytes(b"\x89PNG")
+    summary = tmp_path / "reports" / "summary.md"
+    assert report.main(["summary", "--out", str(summary), str(out_md), str(out_tex), str(figures)]) == 0
+    text = summary.read_text()
+    assert "(table1.md)" in text and "(table1.tex)" in text
+    assert "![flow_steps_binarized_mnist](figures/flow_steps_binarized_mnist.png)" in text
+    assert "(figures/flow_steps_binarized_mnist.pdf)" in text
+    assert "| iaf_d2_w320 " in text  # table inlined
+
+
+def test_build_summary_orders_tables_naturally(tmp_path: Path) -> None:
+    for n in (10, 2):
+        (tmp_path / f"table{n}.md").write_text(f"**Table {n}**\n")
+    text = report.build_summary([tmp_path / "table10.md", tmp_path / "table2.md"], [], base_dir=tmp_path)
+    assert text.index("**Table 2**") < text.index("**Table 10**")
+    assert "[table2.md](table2.md)" in text
+
+
+def test_report_does_not_import_torch() -> None:
+    import subprocess
+
+    code = "import sys, flowvae.report; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,0 +1,126 @@
+"""Training: it learns, it resumes to the same weights, and it stops loudly on a non-finite loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flowvae import cli, train
+from flowvae.objectives import objective
+from flowvae.train import NonFiniteLoss, Trainer
+
+
+def history(run_dir):
+    return [json.loads(line) for line in (run_dir / "train.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_neg_elbo(tiny, tmp_path):
+    out = tmp_path / "run"
+    summary = Trainer(tiny("iaf_d1_w16", epochs=4), out).run()
+    h = history(out)
+    assert [r["epoch"] for r in h] == [1, 2, 3, 4]
+    assert h[-1]["val_neg_elbo"] < h[0]["val_neg_elbo"] - 3
+    assert h[-1]["train_neg_elbo"] < h[0]["train_neg_elbo"]
+    assert summary["epochs"] == 4
+    assert (out / "model.safetensors").exists()
+    for key in ("train_recon", "train_kl", "val_recon", "val_kl", "beta", "lr", "seconds", "images_per_s"):
+        assert key in h[0]
+
+
+def test_warmup_beta_rises_linearly(tiny, tmp_path):
+    out = tmp_path / "run"
+    Trainer(tiny("vae", epochs=3, warmup_epochs=2), out).run()
+    betas = [r["beta"] for r in history(out)]
+    assert betas[0] == pytest.approx(0.5, abs=0.02) and betas[1] == 1.0 and betas[2] == 1.0
+
+
+def test_early_stopping_keeps_best_weights(tiny, tmp_path, monkeypatch):
+    scores = iter([10.0, 9.0, 9.5, 9.6, 8.0, 7.0])
+    monkeypatch.setattr(train, "validate", lambda *a: {"neg_elbo": next(scores), "recon": 0.0, "kl": 0.0})
+    out = tmp_path / "run"
+    trainer = Trainer(tiny("vae", epochs=6, patience=2), out)
+    summary = trainer.run()
+    h = history(out)
+    assert [r["best"] for r in h] == [True, True, False, False]
+    assert summary["best_epoch"] == 2
+    kept = load_file(str(out / "model.safetensors"))
+    live = trainer.model.state_dict()
+    assert any(not torch.equal(kept[k], live[k]) for k in kept)  # epoch 2's weights, not the last ones
+
+
+class Killed(Exception):
+    pass
+
+
+def test_kill_and_resume_gives_identical_weights(tiny, tmp_path, monkeypatch):
+    cfg = tiny("rnvp1", epochs=3, ema=0.9)
+    Trainer(cfg, tmp_path / "straight").run()
+
+    calls = {"n": 0}
+
+    def dies_at_step_11(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 11:  # mid-way through epoch 2 (8 batches per epoch)
+            raise Killed
+        return objective(*args, **kwargs)
+
+    monkeypatch.setattr(train, "objective", dies_at_step_11)
+    with pytest.raises(Killed):
+        Trainer(cfg, tmp_path / "resumed", checkpoint_seconds=0.0).run()
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    state = torch.load(tmp_path / "resumed" / "checkpoint" / "state.pt", weights_only=True)
+    assert state["state"]["epoch"] == 1 and state["state"]["step_in_epoch"] == 2
+    monkeypatch.setattr(train, "objective", objective)
+    torch.manual_seed(12345)  # a fresh process would not share the killed one's RNG state
+    Trainer(cfg, tmp_path / "resumed").run()
+
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ha, hb = history(tmp_path / "straight"), history(tmp_path / "resumed")
+    assert [r["val_neg_elbo"] for r in ha] == [r["val_neg_elbo"] for r in hb]
+
+
+def test_nan_guard_names_epoch_and_step_and_keeps_checkpoint(tiny, tmp_path, monkeypatch):
+    cfg = tiny("vae", epochs=3)
+    calls = {"n": 0}
+
+    def nan_at_step_11(*args, **kwargs):
+        calls["n"] += 1
+        loss = objective(*args, **kwargs)
+        if calls["n"] == 11:
+            loss.loss = loss.loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(train, "objective", nan_at_step_11)
+    with pytest.raises(NonFiniteLoss, match="epoch 2, step 3"):
+        Trainer(cfg, tmp_path / "run").run()
+    state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=True)
+    assert state["state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_cli_exits_non_zero_on_nan(tiny, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from conftest import tiny_params
+
+    params = tiny_params(tmp_path, epochs=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def always_nan(*args, **kwargs):
+        loss = objective(*args, **kwargs)
+        loss.loss = loss.loss * float("inf")
+        return loss
+
+    monkeypatch.setattr(train, "objective", always_nan)
+    code = cli.main(
+        ["train", "--params", str(tmp_path / "params.yaml"), "--dataset", "stripes", "--model", "vae", "--out", str(tmp_path / "r")]
+    )
+    assert code == 1
+    assert "epoch 1, step 1" in capsys.readouterr().err
