@@ -81,6 +81,37 @@ def cmd_validate(args: argparse.Namespace) -> None:
     print(f"{args.params}: valid")
 
 
+def cmd_figures(args: argparse.Namespace) -> None:
+    import papermill
+
+    from flowvae import plan
+    from flowvae.atomic import atomic_path
+
+    params = load_params(args.params)
+    profile = args.profile or params["profile"]
+    runs = plan.all_runs(params)
+    parameters = {
+        "eval_files": [r.path(profile, "eval.json") for r in runs],
+        "train_files": [r.path(profile, "train.jsonl") for r in runs],
+        "sample_files": [r.path(profile, "samples.npz") for r in runs],
+        "out_dir": args.out_dir,
+        "profile": profile,
+    }
+    with atomic_path(args.executed, suffix=".ipynb") as tmp:
+        papermill.execute_notebook(args.notebook, str(tmp), parameters=parameters, kernel_name="python3", progress_bar=False)
+
+
+def cmd_dvc_yaml(args: argparse.Namespace) -> None:
+    from flowvae.atomic import write_text
+    from flowvae.dvcgen import dvc_yaml_text
+    from flowvae.schema import validate_params
+
+    params = load_params(args.params)
+    validate_params(params)
+    write_text(args.out, dvc_yaml_text(params))
+    print(f"wrote {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowvae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="binarized_mnist")
     p.set_defaults(func=cmd_describe)
 
+    p = sub.add_parser("figures", help="execute the figures notebook with papermill over a profile's runs")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--notebook", default="workflow/notebooks/figures.ipynb")
+    p.add_argument("--out-dir", default="reports/figures")
+    p.add_argument("--executed", default="reports/figures.ipynb", help="where the executed notebook is saved")
+    p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("dvc-yaml", help="regenerate dvc.yaml from params.yaml")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--out", default="dvc.yaml")
+    p.set_defaults(func=cmd_dvc_yaml)
+
+    sub.add_parser("report", help="tables and the summary page: `flowvae report table|summary --help`")
+
     p = sub.add_parser("validate", help="check params.yaml against the schema")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=cmd_validate)
@@ -114,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        from flowvae import report
+
+        return report.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

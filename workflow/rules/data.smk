@@ -1,0 +1,11 @@
+rule prepare:
+    """Download (mirror first), verify and prepare one data set for one profile."""
+    output:
+        expand("{root}/{{profile}}/{{dataset}}/{split}.npz", root=config["data"]["prepared_dir"], split=plan.SPLITS),
+    log:
+        "logs/prepare/{profile}/{dataset}.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "{FLOWVAE} prepare --profile {wildcards.profile} --dataset {wildcards.dataset} > {log} 2>&1"
