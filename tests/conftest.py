@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import gzip
+import hashlib
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,20 @@ import torch
 from flowvae.config import run_config
 
 TINY_SHAPE = (1, 8, 8)
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def write_amat(path: Path, arr: np.ndarray) -> None:
+    path.write_text("".join(" ".join(str(int(v)) for v in row) + "\n" for row in arr.reshape(len(arr), -1)))
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def stripe_images(n: int, seed: int) -> np.ndarray:

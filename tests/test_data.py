@@ -20,18 +20,10 @@ from flowvae import data, download
 from flowvae.data import Batches, DatasetSpec, load_split, prepare, read_amat, read_cifar_tar, read_idx
 from flowvae.download import DownloadError, RemoteFile, fetch
 
+from conftest import md5, write_amat, write_idx
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def write_idx(path: Path, arr: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + arr.astype(np.uint8).tobytes())
-
-
-def write_amat(path: Path, arr: np.ndarray) -> None:
-    path.write_text("".join(" ".join(str(int(v)) for v in row) + "\n" for row in arr.reshape(len(arr), -1)))
 
 
 def write_cifar(path: Path, n_per_batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -46,10 +38,6 @@ def write_cifar(path: Path, n_per_batch: int, rng: np.random.Generator) -> dict[
             info.size = len(raw)
             tar.addfile(info, io.BytesIO(raw))
     return made
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def remote(path: str, file: Path, url: str = "http://127.0.0.1:9/none") -> RemoteFile:

@@ -7,7 +7,8 @@ eval.json (all values in nats per image unless said otherwise):
   neg_elbo, neg_elbo_se, recon, kl                -ELBO = recon + kl, averaged over the K samples
   neg_log_px, neg_log_px_se                       -log p(x) by importance sampling: mean and standard error over test images
   gap                                             neg_elbo - neg_log_px
-  active_units                                    units with Cov_x(E_q[z_u]) > 0.01 (Burda et al. 2016)
+  active_units                                    units with Cov_x(E_q[z_u]) > 0.01 (Burda et al. 2016), over the
+                                                  first images whose latents fit a 20M-value budget (all, for MLP latents)
   ess_fraction                                    mean over images of ESS / K of the importance weights
   bits_per_dim                                    null, or {neg_elbo, neg_log_px} in bits/dim for 8-bit images
   is_curve                                        [{K, neg_log_px}] on the first images, averaged over disjoint blocks of K samples
@@ -34,6 +35,7 @@ from flowvae.train import MODEL_FILE, HISTORY_FILE, batches_for, load_weights, m
 from flowvae.vae import count_parameters
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+LATENT_MOMENT_BUDGET = 20_000_000  # float64 values kept per moment for active units (160 MB)
 
 
 def code_commit() -> str:
@@ -94,6 +96,7 @@ def importance_sample(model, batches, K: int, device: torch.device, max_batch: i
     """Per-image log p(x) estimates, ELBO terms, ESS, latent moments, and the first images' raw log-weights."""
     log_px, elbo, recon, kl, ess, mean_z, var_z, curve = [], [], [], [], [], [], [], []
     seen = 0
+    moment_points = None  # images whose latent moments are kept: all that fit the budget
     for x in batches.epoch(0):
         x = x.to(device)
         b = x.shape[0]
@@ -102,6 +105,9 @@ def importance_sample(model, batches, K: int, device: torch.device, max_batch: i
         sums = {"elbo": torch.zeros(b, dtype=torch.float64), "recon": torch.zeros(b, dtype=torch.float64)}
         z_sum = z_sq = None
         raw = []
+        if moment_points is None:
+            moment_points = max(1, LATENT_MOMENT_BUDGET // getattr(model, "latent_dim", 1))
+        keep = max(0, min(b, moment_points - seen))
         done = 0
         while done < K:
             s = min(chunk, K - done)
@@ -110,9 +116,10 @@ def importance_sample(model, batches, K: int, device: torch.device, max_batch: i
             acc.add(lw)
             sums["elbo"] += lw.sum(0)
             sums["recon"] += (-out.log_px_z).double().cpu().sum(0)
-            z = out.z.reshape(s, b, -1).double().cpu()
-            z_sum = z.sum(0) if z_sum is None else z_sum + z.sum(0)
-            z_sq = (z**2).sum(0) if z_sq is None else z_sq + (z**2).sum(0)
+            if keep:
+                z = out.z[:, :keep].reshape(s, keep, -1).double().cpu()
+                z_sum = z.sum(0) if z_sum is None else z_sum + z.sum(0)
+                z_sq = (z**2).sum(0) if z_sq is None else z_sq + (z**2).sum(0)
             if seen < curve_points:
                 raw.append(lw[:, : curve_points - seen])
             done += s
@@ -120,9 +127,10 @@ def importance_sample(model, batches, K: int, device: torch.device, max_batch: i
         elbo.append(sums["elbo"] / K)
         recon.append(sums["recon"] / K)
         ess.append(acc.ess() / K)
-        m = z_sum / K
-        mean_z.append(m)
-        var_z.append((z_sq - K * m**2) / max(K - 1, 1))
+        if keep:
+            m = z_sum / K
+            mean_z.append(m)
+            var_z.append((z_sq - K * m**2) / max(K - 1, 1))
         if raw:
             curve.append(torch.cat(raw, 0))
         seen += b

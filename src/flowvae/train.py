@@ -219,7 +219,7 @@ class Trainer:
     def train_epoch(self) -> None:
         """Run (the rest of) one epoch, checkpointing every few minutes."""
         s, v = self.state, self.cfg.variant
-        free_bits = float(self.cfg.ladder.get("free_bits", 0.0)) if v.family == "resvae" else 0.0
+        free_bits = float(self.model.net.get("free_bits", 0.0)) if v.family == "resvae" else 0.0
         started = time.perf_counter()
         last_save = started
         self.model.train()

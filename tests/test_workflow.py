@@ -1,0 +1,129 @@
+"""The DAG: params validation, dvc.yaml in step with params.yaml and with Snakemake's jobs, wildcard targets."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flowvae import plan
+from flowvae.dvcgen import dvc_yaml_text
+from flowvae.schema import ParamsError, validate_params
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def params():
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_params_yaml_is_valid(params):
+    validate_params(params)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda p: p["profiles"]["quick"].update(epochz=3), "profiles.quick.epochz: unknown key"),
+        (lambda p: p["profiles"]["smoke"].update(batch_size="64"), "profiles.smoke.batch_size: '64' is not of type 'integer'"),
+        (lambda p: p["profiles"]["smoke"]["eval"].update(K=0), "profiles.smoke.eval.K: 0 is less than the minimum of 1"),
+        (lambda p: p["tables"]["table5"]["rows"].append({"model": "nf0"}), "tables.table5.rows.8.model: unknown model variant 'nf0'"),
+        (lambda p: p.update(profile="fast"), "profile: 'fast' is not one of ['paper', 'quick', 'smoke']"),
+        (lambda p: p["datasets"]["cifar10"]["files"]["archive"].update(md5="xyz"), "datasets.cifar10.files.archive.md5"),
+    ],
+)
+def test_schema_errors_name_the_key(params, mutate, message):
+    bad = copy.deepcopy(params)
+    mutate(bad)
+    with pytest.raises(ParamsError) as err:
+        validate_params(bad)
+    assert message in str(err.value)
+    assert str(err.value).count("\n") == 0  # one error, one line
+
+
+def test_committed_dvc_yaml_matches_params(params):
+    assert (REPO / "dvc.yaml").read_text() == dvc_yaml_text(params), "run `flowvae dvc-yaml` to regenerate dvc.yaml"
+
+
+def run(cmd: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def snakemake_outputs(profile: str, target: str = "reports/summary.md", cwd: Path = REPO) -> set[tuple[str, str]]:
+    """(rule, output) of every job Snakemake plans for a target, prepared splits folded to their folder."""
+    result = run([str(BIN / "snakemake"), "--forceall", "--summary", "--config", f"profile={profile}", "--", target], cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    outputs = set()
+    for line in result.stdout.splitlines()[1:]:
+        path, _, rule = line.split("\t")[:3]
+        if rule == "prepare":
+            path = str(Path(path).parent)
+        outputs.add((rule, path))
+    return outputs
+
+
+def dvc_outputs(profile: str, cwd: Path = REPO) -> set[tuple[str, str]]:
+    """(stage group, output) of every stage dvc.yaml resolves to, with params.yaml's profile set to `profile`."""
+    script = (
+        "import sys\n"
+        "from dvc.repo import Repo\n"
+        "for s in Repo('.').index.stages:\n"
+        "    group = s.addressing.split('@')[0]\n"
+        "    group = 'table' if group.startswith('table') else group\n"
+        "    for o in s.outs:\n"
+        "        print(group, o.def_path)\n"
+    )
+    original = (cwd / "params.yaml").read_text()
+    try:
+        (cwd / "params.yaml").write_text(original.replace("profile: quick\n", f"profile: {profile}\n", 1))
+        result = run([sys.executable, "-c", script], cwd=cwd)
+    finally:
+        (cwd / "params.yaml").write_text(original)
+    assert result.returncode == 0, result.stderr
+    return {tuple(line.split(" ", 1)) for line in result.stdout.splitlines()}
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick"])
+def test_dvc_stages_and_snakemake_jobs_are_the_same(profile):
+    smk = snakemake_outputs(profile)
+    dvc = dvc_outputs(profile)
+    assert smk == dvc, f"only Snakemake: {sorted(smk - dvc)[:5]}; only DVC: {sorted(dvc - smk)[:5]}"
+    assert ("train", f"results/{profile}/binarized_mnist/iaf_d8_w1920/seed0/model.safetensors") in smk
+
+
+def test_any_grammatical_variant_is_a_target():
+    result = run(
+        [str(BIN / "snakemake"), "-n", "--forceall", "--quiet", "rules", "--", "results/quick/binarized_mnist/nf7/seed0/eval.json"]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout and "evaluate" in result.stdout
+
+
+def test_ungrammatical_variant_is_not_a_target():
+    result = run([str(BIN / "snakemake"), "-n", "results/quick/binarized_mnist/nf0/seed0/eval.json"])
+    assert result.returncode != 0
+    assert "No rule to produce results/quick/binarized_mnist/nf0/seed0/eval.json" in result.stdout + result.stderr
+
+
+def test_table1_pulls_exactly_its_runs(params):
+    smk = snakemake_outputs("quick", "reports/table1.md")
+    trained = {p for rule, p in smk if rule == "train" and p.endswith(".safetensors")}
+    expected = {r.path("quick", "model.safetensors") for r in plan.table_runs(params, "table1")}
+    assert trained == expected
+
+
+def test_invalid_params_stop_snakemake_before_any_job(tmp_path):
+    text = (REPO / "params.yaml").read_text()
+    assert "    epochs: 2\n" in text
+    (tmp_path / "bad.yaml").write_text(text.replace("    epochs: 2\n", "    epochs: -1\n", 1))
+    result = run([str(BIN / "snakemake"), "-n", "--configfile", str(tmp_path / "bad.yaml"), "--", "reports/table1.md"])
+    assert result.returncode != 0
+    assert "profiles.smoke.epochs: -1 is less than the minimum of 1" in result.stderr + result.stdout
