@@ -91,3 +91,76 @@ def tiny(tmp_path):
         return run_config(copy.deepcopy(params), "test", "stripes", model, seed)
 
     return make
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic_mirror(root: Path, n_mnist_train: int = 900, n_test: int = 200) -> dict[str, dict]:
+    """Write MNIST IDX and binarized-MNIST .amat files in their real formats; return params file entries."""
+    rng = np.random.default_rng(0)
+    digits = stripe_images(n_mnist_train + n_test, seed=7)[:, 0]  # 8x8 patterns, scaled up to 28x28
+    images = np.kron(digits, np.ones((4, 4), dtype=np.uint8))[:, 2:30, 2:30] * 255
+    labels = rng.integers(0, 10, n_mnist_train + n_test)
+    (root / "mnist").mkdir(parents=True, exist_ok=True)
+    (root / "binarized_mnist").mkdir(parents=True, exist_ok=True)
+    files = {
+        "mnist/train-images-idx3-ubyte.gz": images[:n_mnist_train],
+        "mnist/train-labels-idx1-ubyte.gz": labels[:n_mnist_train],
+        "mnist/t10k-images-idx3-ubyte.gz": images[n_mnist_train:],
+        "mnist/t10k-labels-idx1-ubyte.gz": labels[n_mnist_train:],
+    }
+    for rel, arr in files.items():
+        write_idx(root / rel, arr)
+    binary = (images > 127).astype(np.uint8)
+    sizes = {"train": n_mnist_train - 300, "valid": 300, "test": n_test}
+    start = 0
+    for split, n in sizes.items():
+        write_amat(root / f"binarized_mnist/binarized_mnist_{split}.amat", binary[start : start + n])
+        start += n
+    return {
+        rel: {"size": (root / rel).stat().st_size, "md5": md5(root / rel)}
+        for rel in [*files, *(f"binarized_mnist/binarized_mnist_{s}.amat" for s in sizes)]
+    }
+
+
+def project_copy(dest: Path, rows_per_table: int = 2, latent2d_variants: int = 1) -> Path:
+    """A git copy of the project with a synthetic data mirror and tables cut to their first rows.
+
+    The data sets' checksums and split sizes in the copy's params.yaml are rewritten for the
+    synthetic files, and dvc.yaml is regenerated; returns the mirror folder.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in listed:
+        if (REPO / rel).is_file() and not rel.startswith(("reports/", "results/", "data/", "logs/")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    mirror = dest.parent / f"{dest.name}-mirror"
+    entries = synthetic_mirror(mirror)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    for name, entry in params["datasets"].items():
+        for f in (entry.get("files") or {}).values():
+            if f["path"] in entries:
+                f.pop("sha256", None)
+                f.update(entries[f["path"]])
+        if entry["kind"] in ("amat", "idx"):
+            entry["splits"] = {"train": 600, "valid": 300, "test": 200}
+    for table in params["tables"].values():
+        table["rows"] = table["rows"][:rows_per_table]
+    params["figures"]["latent2d"]["variants"] = params["figures"]["latent2d"]["variants"][:latent2d_variants]
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "flowvae"), "dvc-yaml"], cwd=dest, check=True, capture_output=True)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
+    return mirror

@@ -51,7 +51,8 @@ class RunConfig:
     """Everything one training or evaluation run needs, resolved from params.yaml."""
 
     profile: str
-    dataset: DatasetSpec
+    dataset_name: str  # the name in paths and tables
+    dataset: DatasetSpec  # the data actually used (smoke: a synthetic stand-in for CIFAR-10)
     likelihood: str
     variant: Variant
     seed: int
@@ -77,6 +78,7 @@ def run_config(params: dict, profile: str, dataset: str, model: str, seed: int) 
     eval_K = (settings.get("eval_K") or {}).get(dataset, settings["eval"]["K"])
     return RunConfig(
         profile=profile,
+        dataset_name=dataset,
         dataset=DatasetSpec.from_params(source, entry),
         likelihood=entry["likelihood"],
         variant=parse_variant(model),

@@ -2,6 +2,7 @@
 
 eval.json (all values in nats per image unless said otherwise):
   profile, dataset, model, seed, commit, device   what was evaluated, by which code, where
+  data_source                                     the data set actually used (differs from dataset only for a profile's stand-in)
   n_test, K                                       test images, importance samples per image
   epochs, best_epoch, train_minutes, n_params, latent_dim
   neg_elbo, neg_elbo_se, recon, kl                -ELBO = recon + kl, averaged over the K samples
@@ -218,7 +219,8 @@ def evaluate(cfg: RunConfig, run_dir: str | Path, threads: int | None = None, de
     neg_elbo = -r["elbo"]
     metrics = {
         "profile": cfg.profile,
-        "dataset": cfg.dataset.name,
+        "dataset": cfg.dataset_name,
+        "data_source": cfg.dataset.name,
         "model": cfg.variant.name,
         "seed": cfg.seed,
         "commit": code_commit(),

@@ -425,8 +425,12 @@ def _caption(
     seeds = _describe(ev.get("seed") for ev in chosen)
     if seeds == "unknown":
         seeds = _describe(context.get("seeds") or [])
+    dataset = spec.get("dataset") or first("dataset")
+    sources_used = sorted({str(ev["data_source"]) for ev in chosen if ev.get("data_source", dataset) != dataset})
+    if sources_used:
+        dataset = f"{dataset} (stand-in: {', '.join(sources_used)}; numbers not comparable to the published ones)"
     parts = [
-        f"Profile {first('profile')}, data set {spec.get('dataset') or first('dataset')}, "
+        f"Profile {first('profile')}, data set {dataset}, "
         f"{first('epochs')} epochs, K = {first('K')} importance samples, seeds {seeds}, "
         f"commit {first('commit')}."
     ]

@@ -65,7 +65,7 @@ def split_images(cfg: RunConfig, split: str) -> np.ndarray:
     path = cfg.prepared_dir / f"{split}.npz"
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} is missing: run `flowvae prepare --profile {cfg.profile} --dataset {cfg.prepared_dir.name}` first"
+            f"{path} is missing: run `flowvae prepare --profile {cfg.profile} --dataset {cfg.dataset_name}` first"
         )
     x, _ = load_split(path)
     n = cfg.subset.get(split)

@@ -1,0 +1,54 @@
+"""End to end: the smoke profile through `dvc exp run` and `dvc repro` in a git copy of the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import project_copy
+
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_dvc_smoke_profile_end_to_end(tmp_path):
+    project = tmp_path / "project"
+    mirror = project_copy(project, rows_per_table=1)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLOWVAE_DATA_MIRROR": str(mirror)}
+
+    result = run([str(BIN / "dvc"), "exp", "run", "-S", "profile=smoke"], project, env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    for n in range(1, 7):
+        md = (project / f"reports/table{n}.md").read_text()
+        assert "Profile smoke" in md
+        assert (project / f"reports/table{n}.tex").read_text().count(r"\toprule") == 1
+    table1 = (project / "reports/table1.md").read_text()
+    assert "| vae" in table1 and "84.08" in table1  # ours beside Kingma et al.'s
+    assert "synthetic_cifar10" in (project / "reports/table3.md").read_text()
+    evaluation = json.loads((project / "results/smoke/binarized_mnist/vae/seed0/eval.json").read_text())
+    assert evaluation["n_test"] == 128 and evaluation["K"] == 8
+    figures = sorted(p.name for p in (project / "reports/figures").iterdir())
+    assert any(name.startswith("training_curves") and name.endswith(".png") for name in figures)
+    assert any(name.startswith("latent_densities") for name in figures)
+    summary = (project / "reports/summary.md").read_text()
+    assert "table1.md" in summary and "figures/" in summary
+
+    start = time.perf_counter()
+    result = run([str(BIN / "dvc"), "repro"], project, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "up to date" in result.stdout.lower() or "didn't change" in result.stdout.lower()
+    assert time.perf_counter() - start < 120
+
+    shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], project, env)
+    assert shown.returncode == 0 and "neg_log_px" in shown.stdout
