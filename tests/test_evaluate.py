@@ -124,3 +124,22 @@ def test_running_log_mean_exp_matches_direct_computation():
     assert torch.allclose(acc.log_mean(), direct)
     w = torch.exp(log_w - log_w.max(0).values)
     assert torch.allclose(acc.ess(), w.sum(0) ** 2 / (w**2).sum(0))
+
+
+@pytest.mark.parametrize("net", [{"kind": "resnet", "channels": [4, 4, 4], "dense": 16, "z_dim": 2, "context_dim": 8}])
+def test_inference_preparation_does_not_change_the_estimate(net):
+    from flowvae.evaluate import prepare_for_inference
+    from flowvae.vae import build_model
+
+    torch.manual_seed(0)
+    model = build_model("iaf_d1_w8", net, (1, 28, 28), "bernoulli").eval()
+    x = (torch.rand(3, 1, 28, 28) < 0.3).float()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        before = model(x, n_samples=5)
+    prepare_for_inference(model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        after = model(x, n_samples=5)
+    assert torch.allclose(before.log_px_z, after.log_px_z, atol=1e-3)
+    assert torch.allclose(before.log_qz, after.log_qz, atol=1e-4)

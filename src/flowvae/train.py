@@ -320,7 +320,9 @@ class Trainer:
     def run(self) -> dict:
         """Train to the end (resuming if a checkpoint exists) and write the kept weights."""
         self.out.mkdir(parents=True, exist_ok=True)
-        self.load_checkpoint()
+        if self.load_checkpoint():
+            s = self.state
+            print(f"{self.out}: resuming from checkpoint at epoch {s.epoch + 1}, step {s.step_in_epoch}", file=sys.stderr, flush=True)
         while not self.state.finished:
             self.train_epoch()
             self.end_epoch()

@@ -1,6 +1,11 @@
 PUBLISHED = "reference/paper_results.csv"
 
 
+localrules:
+    summary,
+    table,
+
+
 rule summary:
     """reports/summary.md: every table and figure of the profile."""
     input:
