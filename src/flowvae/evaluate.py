@@ -31,6 +31,7 @@ import torch
 
 from flowvae.atomic import atomic_path, write_json
 from flowvae.config import RunConfig
+from flowvae.data import Batches
 from flowvae.objectives import log_weights
 from flowvae.train import MODEL_FILE, HISTORY_FILE, batches_for, load_weights, make_model, pick_device
 from flowvae.vae import count_parameters
@@ -275,8 +276,9 @@ def evaluate(cfg: RunConfig, run_dir: str | Path, threads: int | None = None, de
     if cfg.likelihood == "discretized_logistic":
         scale = d * math.log(2)
         metrics["bits_per_dim"] = {"neg_elbo": metrics["neg_elbo"] / scale, "neg_log_px": metrics["neg_log_px"] / scale}
-    first = next(test.epoch(0))[:16].to(dev)
-    arrays = figure_arrays(model, first, cfg.seed)
+    spread = np.linspace(0, test.n_images - 1, min(16, test.n_images)).astype(int)  # test rows may be sorted by digit
+    shown = Batches(test.x[spread].numpy(), len(spread), test.binarize, shuffle=False, seed=cfg.seed)
+    arrays = figure_arrays(model, next(shown.epoch(0)).to(dev), cfg.seed)
     with atomic_path(run_dir / "samples.npz") as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
     write_json(run_dir / "eval.json", metrics)
