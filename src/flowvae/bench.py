@@ -22,7 +22,7 @@ import torch
 
 from flowvae.atomic import write_json
 from flowvae.data import Batches
-from flowvae.evaluate import importance_sample, prepare_for_inference
+from flowvae.evaluate import BFloat16Decoder, importance_sample, prepare_for_inference
 from flowvae.objectives import objective
 from flowvae.vae import build_model, count_parameters
 
@@ -177,12 +177,14 @@ def bf16_check(run_dir: Path, params_path: str, n_images: int, K: int) -> dict:
     test = batches_for(cfg, "test", 100, False, cfg.seed + 30_000)
     test.x = test.x[:n_images]
     results = {}
-    for label, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+    float_decoder = model.decoder
+    for label, decoder in (("float32", float_decoder), ("bfloat16", BFloat16Decoder(float_decoder))):
+        model.decoder = decoder
         torch.manual_seed(0)
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-            r = importance_sample(model, test, K, torch.device("cpu"), 20_000)
+        r = importance_sample(model, test, K, torch.device("cpu"), 20_000)
         results[label] = {"neg_log_px": float(-r["log_px"].mean()), "seconds": time.perf_counter() - start}
+    model.decoder = float_decoder
     results["abs_delta_nats"] = abs(results["bfloat16"]["neg_log_px"] - results["float32"]["neg_log_px"])
     results.update(run=str(run_dir), n_images=len(test.x), K=K)
     return results

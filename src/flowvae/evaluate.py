@@ -198,12 +198,27 @@ def has_convolutions(model: torch.nn.Module) -> bool:
     return any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in model.modules())
 
 
-def prepare_for_inference(model: torch.nn.Module, channels_last: bool = True, compile_decoder: bool = False) -> torch.nn.Module:
+class BFloat16Decoder(torch.nn.Module):
+    """Runs a decoder under bfloat16 autocast and hands float32 parameters to the likelihood."""
+
+    def __init__(self, decoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = decoder
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(z.device.type, dtype=torch.bfloat16):
+            return self.inner(z).float()
+
+
+def prepare_for_inference(
+    model: torch.nn.Module, channels_last: bool = True, compile_decoder: bool = False, decoder_bf16: bool = False
+) -> torch.nn.Module:
     """Make evaluation fast without changing its result.
 
     Weight normalisation is folded into plain weights (the same function, computed once),
     convolutional models switch to channels_last, and optionally the decoder, which runs on all
-    K samples, is compiled with torch.compile.
+    K samples, is compiled with torch.compile or run in bfloat16 (off by default: check its
+    effect with `python -m flowvae.bench --bf16-check RUN_DIR` first).
     """
     from torch.nn.utils import parametrize
 
@@ -216,6 +231,8 @@ def prepare_for_inference(model: torch.nn.Module, channels_last: bool = True, co
         model.to(memory_format=torch.channels_last)
     if compile_decoder and hasattr(model, "decoder"):
         model.decoder = torch.compile(model.decoder, dynamic=False)
+    if decoder_bf16 and hasattr(model, "decoder"):
+        model.decoder = BFloat16Decoder(model.decoder)
     return model
 
 
@@ -231,7 +248,9 @@ def evaluate(cfg: RunConfig, run_dir: str | Path, threads: int | None = None, de
     model = make_model(cfg).to(dev)
     load_weights(model, weights)
     settings = cfg.settings["eval"]
-    prepare_for_inference(model, compile_decoder=bool(settings.get("compile", False)))
+    prepare_for_inference(
+        model, compile_decoder=bool(settings.get("compile", False)), decoder_bf16=bool(settings.get("decoder_bf16", False))
+    )
     K = cfg.eval_K
     test = batches_for(cfg, "test", int(settings.get("batch_size", 100)), False, cfg.seed + 30_000)
     history = [json.loads(line) for line in (run_dir / HISTORY_FILE).read_text().splitlines() if line.strip()]
