@@ -30,9 +30,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 
 def write_text(dest: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically."""
+    """Write a UTF-8 text file atomically."""
     with atomic_path(dest) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(dest: str | os.PathLike, obj) -> None:

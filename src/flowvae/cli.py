@@ -68,7 +68,6 @@ def cmd_describe(args: argparse.Namespace) -> None:
 
     params = load_params(args.params)
     profile = args.profile or params["profile"]
-    profile_settings(params, profile)
     cfg = run_config(params, profile, args.dataset, args.model, 0)
     print(f"{args.model} on {args.dataset} ({profile} profile)")
     print(describe(make_model(cfg)))

@@ -96,7 +96,7 @@ def standard_error(values: torch.Tensor) -> float:
 @torch.no_grad()
 def importance_sample(model, batches, K: int, device: torch.device, max_batch: int, curve_points: int = 0) -> dict:
     """Per-image log p(x) estimates, ELBO terms, ESS, latent moments, and the first images' raw log-weights."""
-    log_px, elbo, recon, kl, ess, mean_z, var_z, curve = [], [], [], [], [], [], [], []
+    log_px, elbo, recon, ess, mean_z, var_z, curve = [], [], [], [], [], [], []
     seen = 0
     moment_points = None  # images whose latent moments are kept: all that fit the budget
     for x in batches.epoch(0):

@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from flowvae.atomic import atomic_path
+from flowvae.atomic import write_text
 
 PUBLISHED_COLUMNS = ("source", "table", "dataset", "model", "metric", "value", "note")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
@@ -461,12 +461,6 @@ def _caption(
 # ---------------------------------------------------------------- files
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write UTF-8 text to path atomically (temporary name in the same folder, then os.replace)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def write_table(
     name: str,
     spec: Mapping[str, Any],
@@ -478,8 +472,8 @@ def write_table(
 ) -> tuple[str, str]:
     """Build a table and write its .md and .tex atomically; returns both texts."""
     markdown, latex = build_table(name, spec, evals, published, context)
-    write_text_atomic(out_md, markdown)
-    write_text_atomic(out_tex, latex)
+    write_text(out_md, markdown)
+    write_text(out_tex, latex)
     return markdown, latex
 
 
@@ -612,7 +606,7 @@ def main_summary(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("files", nargs="*", help="table .md/.tex, figure .png/.pdf/.svg, or folders of them")
     args = ap.parse_args(argv)
     tables, figures = _expand(args.files)
-    write_text_atomic(args.out, build_summary(tables, figures, base_dir=Path(args.out).parent))
+    write_text(args.out, build_summary(tables, figures, base_dir=Path(args.out).parent))
     return 0
 
 

@@ -266,8 +266,9 @@ class Trainer:
     def end_epoch(self) -> None:
         """Validate, keep the best weights, log the epoch, and checkpoint."""
         s = self.state
-        live = _contiguous(self.model.state_dict())
-        if self.ema is not None:
+        live = None
+        if self.ema is not None:  # validate the EMA weights, then put the live ones back
+            live = _contiguous(self.model.state_dict())
             self.model.load_state_dict(self.ema)
         val = validate(self.model, self.valid_batches, self.cfg.seed + 20_000)
         improved = val["neg_elbo"] < s.best_score
@@ -276,7 +277,8 @@ class Trainer:
             s.best_score, s.best_epoch, s.bad_epochs = val["neg_elbo"], s.epoch + 1, 0
         else:
             s.bad_epochs += 1
-        self.model.load_state_dict(live)
+        if live is not None:
+            self.model.load_state_dict(live)
         sums = s.epoch_sums
         n = max(sums["n"], 1)
         record = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from flowvae.flows.base import Chain, Flow
 from flowvae.flows.made import MADE
