@@ -15,6 +15,7 @@ import torch
 from flowvae.config import run_config
 
 TINY_SHAPE = (1, 8, 8)
+TRAIN_KEYS = {"epochs", "batch_size", "optimizer", "lr", "betas", "warmup_epochs", "patience", "ema", "amp"}
 
 
 def write_idx(path: Path, arr: np.ndarray) -> None:
@@ -51,22 +52,22 @@ def tiny_params(root: Path, epochs: int = 3, **overrides) -> dict:
     for i, (split, n) in enumerate([("train", 256), ("valid", 64), ("test", 32)]):
         with open(prepared / f"{split}.npz", "wb") as f:
             np.savez(f, x=stripe_images(n, seed=i))
+    train = {"epochs": epochs, "batch_size": 32, "optimizer": "adamax", "lr": 3e-3, "warmup_epochs": 0, "patience": 0, "ema": 0.0}
     profile = {
+        "substitute": {},
+        "subset": None,
         "network": {"kind": "mlp", "hidden": 32, "layers": 1, "z_dim": 4, "context_dim": 8},
         "ladder": {},
-        "subset": None,
-        "epochs": epochs,
-        "batch_size": 32,
-        "optimizer": "adamax",
-        "lr": 3e-3,
-        "warmup_epochs": 0,
-        "patience": 0,
-        "ema": 0.0,
+        "train": train,
         "eval": {"K": 16, "batch_size": 16, "is_curve_points": 8, "curve_K": [1, 4, 16]},
+        "resources": {"threads": 1},
     }
-    profile.update(overrides)
+    for key, value in overrides.items():  # training settings may be given flat: tiny_params(root, lr=1e-3)
+        (train if key in TRAIN_KEYS else profile)[key] = value
     return {
+        "code_version": 1,
         "profile": "test",
+        "seeds": [0],
         "data": {"raw_dir": str(root / "raw"), "prepared_dir": str(root / "prepared"), "mirror": None},
         "datasets": {
             "stripes": {
@@ -78,6 +79,7 @@ def tiny_params(root: Path, epochs: int = 3, **overrides) -> dict:
             }
         },
         "profiles": {"test": profile},
+        "tables": {},
     }
 
 

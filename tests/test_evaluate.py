@@ -12,7 +12,7 @@ import torch
 from flowvae.evaluate import LogMeanExp, active_units, evaluate, importance_sample, is_curve
 from flowvae.objectives import free_bits_kl, objective
 from flowvae.train import Trainer, batches_for, make_model
-from flowvae.vae import VAEOutput
+from flowvae.model import VAEOutput
 
 
 @pytest.fixture
@@ -128,8 +128,8 @@ def test_running_log_mean_exp_matches_direct_computation():
 
 @pytest.mark.parametrize("net", [{"kind": "resnet", "channels": [4, 4, 4], "dense": 16, "z_dim": 2, "context_dim": 8}])
 def test_inference_preparation_does_not_change_the_estimate(net):
-    from flowvae.evaluate import prepare_for_inference
-    from flowvae.vae import build_model
+    from flowvae.inference import prepare_for_inference
+    from flowvae.build import build_model
 
     torch.manual_seed(0)
     model = build_model("iaf_d1_w8", net, (1, 28, 28), "bernoulli").eval()

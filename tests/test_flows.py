@@ -46,6 +46,7 @@ def flows() -> dict[str, tuple[Flow, int]]:
         "iaf": (perturb(iaf(D, 3, 16, C)), C),
         "iaf_fixed": (perturb(iaf(D, 2, 16, C, fixed_sigma=True)), C),
         "iaf_no_context": (perturb(iaf(D, 2, 16, 0)), 0),
+        "iaf_two_layer_made": (perturb(iaf(D, 2, 16, C, layers=2)), C),
     }
 
 
@@ -106,15 +107,23 @@ def test_real_nvp_starts_as_identity() -> None:
     torch.testing.assert_close(ladj, torch.zeros(N))
 
 
+@pytest.mark.parametrize("layers", [1, 2, 3])
 @pytest.mark.parametrize("order", [list(range(D)), list(range(D))[::-1], [2, 0, 4, 1, 3]])
-def test_made_jacobian_is_strictly_triangular_in_its_order(order: list[int]) -> None:
-    made = perturb(MADE(D, 32, C, torch.tensor(order), outputs_per_dim=2))
+def test_made_jacobian_is_strictly_triangular_in_its_order(order: list[int], layers: int) -> None:
+    made = perturb(MADE(D, 32, C, torch.tensor(order), outputs_per_dim=2, layers=layers))
     z, context = torch.randn(D), torch.randn(1, C)
     jac = jacobian(lambda v: made(v[None], context)[0], z).view(2, D, D)
     rank = torch.tensor(order)
     allowed = rank[None, :] < rank[:, None]  # output i may depend on input k iff order[k] < order[i]
     assert (jac[:, ~allowed] == 0).all()
     assert (jac[:, allowed] != 0).all()
+
+
+def test_made_parameters_grow_with_layers() -> None:
+    counts = [sum(p.numel() for p in MADE(D, 32, C, torch.arange(D), layers=k).parameters()) for k in (1, 2, 3)]
+    assert counts[1] - counts[0] == counts[2] - counts[1] == 32 * 32 + 32  # one hidden-to-hidden layer each
+    with pytest.raises(ValueError, match="hidden layer"):
+        MADE(D, 32, C, torch.arange(D), layers=0)
 
 
 def test_made_first_output_depends_on_context() -> None:
@@ -140,8 +149,25 @@ def test_iaf_step_output_depends_only_on_earlier_inputs(reverse: bool, fixed_sig
 
 def test_iaf_sigma_starts_close_to_one() -> None:
     step = IAFStep(D, 32, C)
-    _, log_sigma = step._m_and_log_sigma(torch.randn(N, D), torch.randn(N, C))
+    _, log_sigma = step.elementwise(torch.randn(N, D), torch.randn(N, C))
     assert log_sigma.exp().mean() > 0.7
+
+
+@pytest.mark.parametrize("fixed_sigma", [False, True])
+def test_iaf_step_is_sigma_z_plus_one_minus_sigma_m(fixed_sigma: bool) -> None:
+    """The shared affine step reproduces the IAF update z' = sigma z + (1 - sigma) m (z + m with sigma fixed)."""
+    step = perturb(IAFStep(D, 16, C, fixed_sigma=fixed_sigma))
+    z, context = torch.randn(N, D), torch.randn(N, C)
+    out = step.hyper.made(z, context)
+    if fixed_sigma:
+        expected, log_det = z + out, torch.zeros(N)
+    else:
+        m, s = out.chunk(2, dim=-1)
+        sigma = torch.sigmoid(s)
+        expected, log_det = sigma * z + (1 - sigma) * m, sigma.log().sum(-1)
+    z_new, ladj = step(z, context)
+    torch.testing.assert_close(z_new, expected)
+    torch.testing.assert_close(ladj, log_det)
 
 
 def test_iaf_reverses_order_between_steps() -> None:

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from flowvae.ladder import LADDER_DEFAULTS, LadderVAE, MaskedIAF, WNConv2d, autoregressive_mask, build_ladder
+from flowvae.build import build_model, count_parameters, describe
+from flowvae.ladder import LADDER_DEFAULTS, LadderVAE, MaskedIAF, WNConv2d, autoregressive_mask
+from flowvae.model import VAEOutput
 from flowvae.objectives import objective
-from flowvae.vae import VAEOutput, build_model, count_parameters, describe
 
 TINY = {"channels": 4, "z_channels": 2}
 
@@ -52,22 +53,28 @@ def test_masked_convolution_respects_raster_order(strict: bool) -> None:
 
 
 def iaf_jacobian(step: MaskedIAF, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """dz'/dz (D, D) with both sides flattened in raster order, channels fastest."""
+    """dz'/dz (D, D) of one image z (1, C, H, W), both sides flattened in raster order, channels fastest."""
     c, h, w = z.shape[1:]
     jac = jacobian(lambda t: step(t, context)[0], z)[0, :, :, :, 0]
     return jac.permute(1, 2, 0, 4, 5, 3).reshape(h * w * c, h * w * c)
 
 
-def test_iaf_step_log_det_matches_autograd_jacobian() -> None:
-    step = MaskedIAF(z_channels=2, hidden=4, context=4).double()
+def perturbed_iaf(gain: float = 8.0) -> MaskedIAF:
+    """A float64 ladder IAF step with m and log sigma away from zero (far away at the default gain)."""
+    step = MaskedIAF(z_channels=2, hidden=4).double()
     with torch.no_grad():
-        for conv in (step.conv_in, step.conv_hidden, step.conv_out):
-            conv.g.mul_(8.0)  # move m and log sigma well away from zero
+        for conv in (step.hyper.conv_in, step.hyper.conv_hidden, step.hyper.conv_out):
+            conv.g.mul_(gain)
             conv.bias.normal_()
+    return step
+
+
+def test_iaf_step_log_det_matches_autograd_jacobian() -> None:
+    step = perturbed_iaf()
     z = torch.randn(1, 2, 3, 3, dtype=torch.float64)
     context = torch.randn(1, 4, 3, 3, dtype=torch.float64)
     jac = iaf_jacobian(step, z, context)
-    _, log_sigma = step(z, context)
+    _, log_sigma = step.elementwise(z, context)
     assert torch.equal(jac.triu(1), torch.zeros_like(jac))  # autoregressive: lower triangular
     torch.testing.assert_close(jac.diagonal(), log_sigma[0].permute(1, 2, 0).reshape(-1).exp())
     sign, log_abs_det = torch.linalg.slogdet(jac)
@@ -75,28 +82,43 @@ def test_iaf_step_log_det_matches_autograd_jacobian() -> None:
     torch.testing.assert_close(log_abs_det, log_sigma.sum())
 
 
+def test_conv_iaf_is_a_flow_with_per_image_log_det_and_an_inverse() -> None:
+    """The shared affine step on feature maps, float64: log|det| per image vs autograd, and inverse."""
+    step = perturbed_iaf(gain=2.0)  # log sigma up to about 1: the fixed-point inverse stays finite
+    z = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    context = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    z_new, log_det = step(z, context)
+    assert log_det.shape == (3,) and (z_new - z).abs().max() > 0.1
+    expected = [torch.linalg.slogdet(iaf_jacobian(step, z[i : i + 1], context[i : i + 1]))[1] for i in range(3)]
+    torch.testing.assert_close(log_det, torch.stack(expected), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(log_det, step.elementwise(z, context)[1].sum((1, 2, 3)), atol=0, rtol=0)
+    z_back, log_det_inverse = step.inverse(z_new, context)
+    torch.testing.assert_close(z_back, z, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(log_det_inverse, -log_det, atol=1e-9, rtol=1e-9)
+
+
 def test_log_q_is_the_density_of_the_final_latent() -> None:
     """One IAF rung in float64: log q = base log-density - log|det| of the autograd Jacobian."""
-    m = build_ladder("resvae_r1_iaf", {"channels": 4, "z_channels": 2}, (1, 4, 4), "bernoulli").double()
+    m = build_model("resvae_r1_iaf", {"channels": 4, "z_channels": 2}, (1, 4, 4), "bernoulli").double()
     with torch.no_grad():
-        for conv in m.flow[0].modules():
+        for conv in m.decoder.flows[0].modules():
             if isinstance(conv, WNConv2d):
                 conv.g.mul_(8.0)
     x = (torch.rand(1, 1, 4, 4) > 0.5).double()
     eps = torch.randn(1, 2, 2, 2, dtype=torch.float64)
-    out_log_q = m._top_down(1, m.encoder(x), noise=lambda t: eps)[2][0].sum()
+    out_log_q = m.decoder([eps], m.encoder(x))[2][0].sum()
     [(q_mean, q_log_std, q_ctx)] = m.encoder(x)
     _, _, r_mean, r_log_std, ctx, _ = m.decoder.rungs[0].features(m.decoder.start(1))
     mean, std = q_mean + r_mean, (q_log_std + r_log_std).exp()
     z0 = mean + std * eps
     base = torch.distributions.Normal(mean, std).log_prob(z0).sum()
-    log_det = torch.linalg.slogdet(iaf_jacobian(m.flow[0], z0, ctx + q_ctx))[1]
+    log_det = torch.linalg.slogdet(iaf_jacobian(m.decoder.flows[0], z0, ctx + q_ctx))[1]
     torch.testing.assert_close(out_log_q, base - log_det)
 
 
 def test_free_bits_floor_in_the_objective_but_true_kl_in_the_elbo() -> None:
-    m = model("resvae_r3_iaf")
-    x = images(8, (3, 8, 8))
+    m = model("resvae_r3_iaf").double()  # float64: the loss minus the -ELBO is a small difference of large sums
+    x = images(8, (3, 8, 8)).double()
     m.initialize(x)
     out = m(x, n_samples=2)
     per_group = out.kl_groups.mean((0, 1))
@@ -129,7 +151,7 @@ def test_bits_per_dim_is_nats_over_3072_ln2() -> None:
     torch.manual_seed(1)
     out = m(x, n_samples=1)
     torch.manual_seed(1)
-    params = m._top_down(4, m.encoder(x))[0].double()
+    params = m.decoder(m._noise(4), m.encoder(x))[0].double()
     mu, s = params[:, :3], params[:, 3:].exp()
     cdf = lambda t: torch.sigmoid((t - mu) / s)  # noqa: E731
     upper = torch.where(x == 1, torch.ones_like(mu), cdf(x.double() + 0.5 / 255))
@@ -225,18 +247,21 @@ def test_describe_lists_every_part() -> None:
     text = describe(m)
     total = count_parameters(m)
     assert "model: resvae_r2_iaf" in text and f"total: {total:,}" in text
-    for part in ("encoder", "flow", "decoder"):
+    assert [name for name, _ in m.named_children()] == ["encoder", "decoder"]
+    for part in ("encoder", "decoder"):
         assert f"  {part}: {count_parameters(getattr(m, part)):,}" in text
-    assert sum(count_parameters(getattr(m, p)) for p in ("encoder", "flow", "decoder")) == total
-    assert count_parameters(model("resvae_r2_gauss").flow) == 0
+    assert count_parameters(m.encoder) + count_parameters(m.decoder) == total
+    assert "  decoder.flows.1: MaskedIAF(" in text and count_parameters(m.decoder.flows) > 0
+    assert len(model("resvae_r2_gauss").decoder.flows) == 0
 
 
 def test_settings_defaults_and_errors() -> None:
-    m = build_ladder("resvae_r1_gauss", {}, (3, 32, 32), "discretized_logistic")
-    assert m.net == LADDER_DEFAULTS and m.latent_dim == 32 * 16 * 16
+    m = build_model("resvae_r1_gauss", {}, (3, 32, 32), "discretized_logistic")
+    assert m.settings == LADDER_DEFAULTS and m.latent_dim == 32 * 16 * 16
+    assert m.free_bits == LADDER_DEFAULTS["free_bits"] and model("resvae_r1_gauss", free_bits=0.5).free_bits == 0.5
     with pytest.raises(ValueError, match="chanels"):
-        build_ladder("resvae_r1_gauss", {"chanels": 4}, (3, 8, 8), "discretized_logistic")
+        build_model("resvae_r1_gauss", {"chanels": 4}, (3, 8, 8), "discretized_logistic")
     with pytest.raises(ValueError, match="z_channels"):
-        build_ladder("resvae_r1_gauss", {"z_channels": 0}, (3, 8, 8), "discretized_logistic")
+        build_model("resvae_r1_gauss", {"z_channels": 0}, (3, 8, 8), "discretized_logistic")
     with pytest.raises(ValueError, match="divisible"):
-        build_ladder("resvae_r2_gauss", {**TINY, "stages": 2}, (3, 6, 6), "discretized_logistic")
+        build_model("resvae_r2_gauss", {**TINY, "stages": 2}, (3, 6, 6), "discretized_logistic")

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from flowvae.networks import ResNetDecoder, ResNetEncoder, build_networks, net_settings
+from flowvae.build import build_model
+from flowvae.networks import NET_DEFAULTS, ResNetDecoder, ResNetEncoder, build_networks, net_settings
 
 
 @pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 32, 32)])
@@ -49,3 +50,15 @@ def test_net_settings_fill_defaults_and_refuse_unknown_keys() -> None:
         net_settings({"kind": "mlp", "dense": 8})
     with pytest.raises(ValueError, match="resnet"):
         net_settings({"kind": "transformer"})
+
+
+def test_made_layers_setting_reaches_every_iaf_step() -> None:
+    assert NET_DEFAULTS["mlp"]["made_layers"] == NET_DEFAULTS["resnet"]["made_layers"] == 1
+    net = {"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 4, "context_dim": 3}
+    one = build_model("iaf_d2_w16", net, (1, 8, 8), "bernoulli")
+    two = build_model("iaf_d2_w16", {**net, "made_layers": 2}, (1, 8, 8), "bernoulli")
+    assert two.settings["made_layers"] == 2
+    assert [len(s.hyper.made.deeper) for s in one.flow.steps] == [0, 0]
+    assert [len(s.hyper.made.deeper) for s in two.flow.steps] == [1, 1]
+    size = [sum(p.numel() for p in m.flow.parameters()) for m in (one, two)]
+    assert size[1] == size[0] + 2 * (16 * 16 + 16)  # one more 16x16 masked layer per step

@@ -30,18 +30,18 @@ def test_dvc_smoke_profile_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     for n in range(1, 7):
-        md = (project / f"reports/table{n}.md").read_text()
+        md = (project / f"reports/smoke/table{n}.md").read_text()
         assert "Profile smoke" in md
-        assert (project / f"reports/table{n}.tex").read_text().count(r"\toprule") == 1
-    table1 = (project / "reports/table1.md").read_text()
+        assert (project / f"reports/smoke/table{n}.tex").read_text().count(r"\toprule") == 1
+    table1 = (project / "reports/smoke/table1.md").read_text()
     assert "| vae" in table1 and "84.08" in table1  # ours beside Kingma et al.'s
-    assert "synthetic_cifar10" in (project / "reports/table3.md").read_text()
+    assert "synthetic_cifar10" in (project / "reports/smoke/table3.md").read_text()
     evaluation = json.loads((project / "results/smoke/binarized_mnist/vae/seed0/eval.json").read_text())
     assert evaluation["n_test"] == 128 and evaluation["K"] == 8
-    figures = sorted(p.name for p in (project / "reports/figures").iterdir())
+    figures = sorted(p.name for p in (project / "reports/smoke/figures").iterdir())
     assert any(name.startswith("training_curves") and name.endswith(".png") for name in figures)
     assert any(name.startswith("latent_densities") for name in figures)
-    summary = (project / "reports/summary.md").read_text()
+    summary = (project / "reports/smoke/summary.md").read_text()
     assert "table1.md" in summary and "figures/" in summary
 
     start = time.perf_counter()

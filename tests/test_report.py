@@ -171,8 +171,12 @@ def test_latex_booktabs_escaping_caption(published: pd.DataFrame) -> None:
 
 
 def test_write_table_and_cli(tmp_path: Path, published: pd.DataFrame, monkeypatch) -> None:
-    params = {"profile": "quick", "profiles": {"quick": {"epochs": 30, "evaluate": {"K": 128}}},
-              "tables": {"table1": SPEC}}
+    from conftest import tiny_params
+
+    params = tiny_params(tmp_path, epochs=30)
+    params["datasets"] = {"binarized_mnist": params["datasets"]["stripes"]}
+    params["profile"], params["profiles"] = "quick", {"quick": params["profiles"]["test"]}
+    params["tables"] = {"table1": SPEC}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     csv = tmp_path / "pub.csv"
     published.to_csv(csv, index=False)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
+from flowvae.build import build_model, count_parameters, describe
+from flowvae.model import VAEOutput
+from flowvae.vae import VAE
 from flowvae.variants import GRAMMAR
-from flowvae.vae import VAE, VAEOutput, build_model, count_parameters, describe
 
 FAMILIES = ["vae", "nf4", "rnvp2", "iaf_d2_w16", "iaf_d2_w16_fixed"]
 TINY = {"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 2, "context_dim": 3, "coupling_hidden": 16}
@@ -143,7 +144,12 @@ def test_describe_reports_parameter_counts() -> None:
     model = build_model("iaf_d2_w320", TINY, (1, 28, 28), "bernoulli")
     text = describe(model)
     total = count_parameters(model)
-    assert f"total: {total:,}" in text
-    for part in ("encoder", "flow", "decoder"):
-        assert f"{part}: {count_parameters(getattr(model, part)):,}" in text
-    assert total == sum(p.numel() for p in model.parameters()) and isinstance(model, nn.Module)
+    assert text.startswith("model: iaf_d2_w320\n") and "likelihood: bernoulli" in text
+    assert f"settings: {model.settings}" in text and f"total: {total:,}" in text
+    parts = ("encoder", "flow", "decoder")
+    for part in parts:
+        assert f"  {part}: {count_parameters(getattr(model, part)):,}" in text
+    assert sum(count_parameters(getattr(model, part)) for part in parts) == total
+    out = model.flow.steps[1].hyper.made.out
+    n_out = out.weight.numel() + out.bias.numel()
+    assert f"  flow.steps.1.hyper.made.out: MaskedLinear({out.extra_repr()})  {n_out:,}\n" in text

@@ -1,16 +1,26 @@
-"""Atomic file writes: write under a temporary name in the same folder, then rename."""
+"""Atomic file writes: write under a temporary name in the same folder, then rename.
+
+Every file gets the mode an ordinary new file would (0666 less the umask), and writers that can
+be byte-reproducible are: JSON with sorted keys where order carries no meaning, .npz archives with
+fixed timestamps.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 @contextmanager
@@ -21,9 +31,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix + ".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)
     try:
         yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)  # after writing: some writers replace the file they are given
         os.replace(tmp_path, dest)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -38,3 +48,16 @@ def write_text(dest: str | os.PathLike, text: str) -> None:
 def write_json(dest: str | os.PathLike, obj) -> None:
     """Write a JSON file atomically, indented and with a trailing newline."""
     write_text(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_npz(dest: str | os.PathLike, arrays: Mapping[str, np.ndarray], compress: bool = False) -> None:
+    """Write arrays as an .npz (np.load reads it) atomically, with the same bytes for the same arrays."""
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with atomic_path(dest) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=method) as archive:
+            for name, array in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+                info.compress_type = method
+                info.external_attr = 0o644 << 16
+                with archive.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from flowvae.atomic import write_json
+from flowvae.build import build_model, count_parameters
 from flowvae.data import Batches
-from flowvae.evaluate import BFloat16Decoder, importance_sample, prepare_for_inference
+from flowvae.evaluate import importance_sample
+from flowvae.inference import BFloat16Decoder, has_convolutions, prepare_for_inference
+from flowvae.model import LatentVariableModel
 from flowvae.objectives import objective
-from flowvae.vae import build_model, count_parameters
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
@@ -46,7 +48,7 @@ def _binarize(shape: tuple[int, int, int]) -> str:
     return "fixed" if shape == MNIST else "none"
 
 
-def train_rate(model: torch.nn.Module, shape, batch: int, steps: int, device) -> float:
+def train_rate(model: LatentVariableModel, shape, batch: int, steps: int, device) -> float:
     """Training images/s over `steps` Adamax steps after two warm-up steps."""
     x_all = _images(shape, batch * (steps + 2), shape == MNIST)
     batches = Batches(x_all, batch, _binarize(shape), shuffle=False)
@@ -67,7 +69,7 @@ def train_rate(model: torch.nn.Module, shape, batch: int, steps: int, device) ->
     return batch * steps / (time.perf_counter() - start)
 
 
-def is_rate(model: torch.nn.Module, shape, n_images: int, K: int, device, max_batch: int) -> float:
+def is_rate(model: LatentVariableModel, shape, n_images: int, K: int, device, max_batch: int) -> float:
     """Importance samples/s of evaluate's own code path (after one warm-up batch)."""
     x = _images(shape, n_images, shape == MNIST)
     batches = Batches(x, min(100, n_images), _binarize(shape), shuffle=False)
@@ -82,9 +84,9 @@ def is_rate(model: torch.nn.Module, shape, n_images: int, K: int, device, max_ba
 
 
 @torch.no_grad()
-def sample_ms(model: torch.nn.Module, n: int, device) -> float:
-    """Milliseconds per image drawn from the prior and decoded."""
-    model.sample(2)
+def sample_ms(model: LatentVariableModel, n: int, device) -> float:
+    """Milliseconds per image drawn from the prior and decoded (after one warm-up call of the same size)."""
+    model.sample(n)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -102,10 +104,10 @@ def bench_row(name: str, net_name: str, net: dict, shape, device, fast: bool, co
     """One row of the table."""
     torch.manual_seed(0)
     model = build_model(name, net, shape, _likelihood(shape)).to(device)
-    if hasattr(model, "initialize"):
-        model.initialize(torch.from_numpy(_images(shape, 16, shape == MNIST)).float().div(255).to(device))
-    conv = net_name != "mlp"
-    batch = 100 if not name.startswith("resvae") else 16
+    model.initialize(torch.from_numpy(_images(shape, 16, shape == MNIST)).float().div(255).to(device))
+    conv = has_convolutions(model)
+    ladder = model.variant.family == "resvae"
+    batch = 16 if ladder else 100
     steps = (3 if fast else 10) if conv else (10 if fast else 40)
     row = {"model": name, "network": net_name, "shape": "x".join(map(str, shape)), "params": count_parameters(model)}
     row["train_images_per_s"] = train_rate(model, shape, batch, steps, device)
@@ -121,7 +123,7 @@ def bench_row(name: str, net_name: str, net: dict, shape, device, fast: bool, co
         if compile_decoder:
             prepare_for_inference(model, channels_last=True, compile_decoder=True)
             row["is_samples_per_s_compiled"] = is_rate(model, shape, n_images, K, device, max_batch)
-    if name.startswith("resvae"):
+    if ladder:
         row["prior_sample_ms_per_image"] = sample_ms(model, 8 if fast else 32, device)
     return row
 

@@ -1,4 +1,9 @@
-"""The `flowvae` command: every Snakemake rule and DVC stage calls one of its subcommands."""
+"""The `flowvae` command: every Snakemake rule and DVC stage calls one of its subcommands.
+
+Every subcommand reads params.yaml (or --params) through the same validation as the Snakefile.
+Exit status: 0 done; 1 an error, named on one line; 2 bad command-line options; 75 (train) a time
+box or SIGTERM/SIGUSR1 stopped it after a checkpoint: rerun the same command to continue.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,58 @@ import sys
 from pathlib import Path
 
 from flowvae.config import load_params, prepared_dir, profile_settings, run_config, run_dir, source_dataset
+from flowvae.errors import EXIT_TIME_BOX, TimeBoxReached
+from flowvae.settings import Resources
+
+PUBLISHED = "reference/paper_results.csv"
+
+
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value:g}")
+    return value
+
+
+def _params(args: argparse.Namespace) -> dict:
+    """params.yaml validated (table sources against the published numbers when that file is here)."""
+    return load_params(args.params, published=PUBLISHED if Path(PUBLISHED).is_file() else None)
+
+
+def _params_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    p.add_argument("--profile", default=None, help="profile (default: the params file's `profile`)")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    p.add_argument("--profile", default=None, help="profile (default: params.yaml's `profile`)")
+    _params_arg(p)
     p.add_argument("--dataset", required=True)
     p.add_argument("--model", required=True, help="variant name, e.g. vae, nf10, rnvp5, iaf_d2_w320")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0, "a non-negative integer"), default=0)
     p.add_argument("--out", default=None, help="run folder (default: results/{profile}/{dataset}/{model}/seed{seed})")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (Snakemake passes its `threads`)")
+    p.add_argument("--threads", type=_int_at_least(1, "a positive number of threads"), default=None,
+                   help="CPU threads (Snakemake passes its `threads`; default: torch's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
 
 
 def _resolve(args: argparse.Namespace):
-    params = load_params(args.params)
+    params = _params(args)
     profile = args.profile or params["profile"]
     cfg = run_config(params, profile, args.dataset, args.model, args.seed)
     out = Path(args.out) if args.out else run_dir(profile, args.dataset, args.model, args.seed)
@@ -32,13 +74,13 @@ def _resolve(args: argparse.Namespace):
 def cmd_prepare(args: argparse.Namespace) -> None:
     from flowvae.data import DatasetSpec, prepare
 
-    params = load_params(args.params)
+    params = _params(args)
     profile = args.profile or params["profile"]
     source = source_dataset(params, profile, args.dataset)
     spec = DatasetSpec.from_params(source, params["datasets"][source])
     data = params["data"]
     out = Path(args.out) if args.out else prepared_dir(params, profile, args.dataset)
-    subset = profile_settings(params, profile).get("subset") or {}
+    subset = profile_settings(params, profile)["subset"] or {}
     paths = prepare(spec, Path(data["raw_dir"]), out, data.get("mirror"), subset=subset)
     note = "" if source == args.dataset else f" (the {profile} profile's stand-in: {source})"
     for split, path in paths.items():
@@ -48,9 +90,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from flowvae.train import Trainer
 
-    _, cfg, out = _resolve(args)
-    summary = Trainer(cfg, out, threads=args.threads, device=args.device).run()
-    print(json.dumps(summary))
+    params, cfg, out = _resolve(args)
+    resources = Resources.from_params(profile_settings(params, cfg.profile)["resources"])
+    max_minutes = args.max_minutes if args.max_minutes is not None else resources.max_minutes
+    trainer = Trainer(
+        cfg, out, threads=args.threads, device=args.device, on_change=args.on_change,
+        max_minutes=max_minutes, compile_step=resources.compile_train,
+    )
+    print(json.dumps(trainer.run()))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -63,10 +110,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_describe(args: argparse.Namespace) -> None:
+    from flowvae.build import describe
     from flowvae.train import make_model
-    from flowvae.vae import describe
 
-    params = load_params(args.params)
+    params = _params(args)
     profile = args.profile or params["profile"]
     cfg = run_config(params, profile, args.dataset, args.model, 0)
     print(f"{args.model} on {args.dataset} ({profile} profile)")
@@ -74,9 +121,7 @@ def cmd_describe(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from flowvae.schema import validate_params
-
-    validate_params(load_params(args.params))
+    _params(args)
     print(f"{args.params}: valid")
 
 
@@ -86,7 +131,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
     from flowvae import plan
     from flowvae.atomic import atomic_path
 
-    params = load_params(args.params)
+    params = _params(args)
     profile = args.profile or params["profile"]
     runs = plan.all_runs(params)
     parameters = {
@@ -103,27 +148,34 @@ def cmd_figures(args: argparse.Namespace) -> None:
 def cmd_dvc_yaml(args: argparse.Namespace) -> None:
     from flowvae.atomic import write_text
     from flowvae.dvcgen import dvc_yaml_text
-    from flowvae.schema import validate_params
 
-    params = load_params(args.params)
-    validate_params(params)
-    write_text(args.out, dvc_yaml_text(params))
+    write_text(args.out, dvc_yaml_text(_params(args)))
     print(f"wrote {args.out}")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from flowvae import report
+
+    return report.main([args.kind, *args.rest])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowvae", description=__doc__)
+    parser = argparse.ArgumentParser(prog="flowvae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="download (mirror first), verify and prepare a data set for a profile")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--profile", default=None, help="profile (default: params.yaml's `profile`)")
+    _params_arg(p)
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", default=None, help="folder for the split files (default: data.prepared_dir/<profile>/<dataset>)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train one (profile, dataset, model, seed); resumes after a kill")
     _run_args(p)
+    p.add_argument("--on-change", choices=["refuse", "restart"], default="refuse",
+                   help="when params.yaml changed a setting other than epochs/patience since the checkpoint: "
+                        "refuse (default), or set the checkpoint aside and start over")
+    p.add_argument("--max-minutes", type=_positive_float, default=None,
+                   help="time box: checkpoint and exit 75 after this many minutes (default: resources.max_minutes)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="importance-sampled evaluation of a trained run into eval.json")
@@ -132,45 +184,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("describe", help="print the architecture and parameter counts of a variant")
     p.add_argument("model")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--profile", default=None)
+    _params_arg(p)
     p.add_argument("--dataset", default="binarized_mnist")
     p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser("figures", help="execute the figures notebook with papermill over a profile's runs")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--profile", default=None)
+    _params_arg(p)
     p.add_argument("--notebook", default="workflow/notebooks/figures.ipynb")
     p.add_argument("--out-dir", default="reports/figures")
     p.add_argument("--executed", default="reports/figures.ipynb", help="where the executed notebook is saved")
     p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("dvc-yaml", help="regenerate dvc.yaml from params.yaml")
-    p.add_argument("--params", default="params.yaml")
+    _params_arg(p)
     p.add_argument("--out", default="dvc.yaml")
     p.set_defaults(func=cmd_dvc_yaml)
 
-    sub.add_parser("report", help="tables and the summary page: `flowvae report table|summary --help`")
+    p = sub.add_parser("report", help="tables and the summary page: `flowvae report table|summary --help`")
+    p.add_argument("kind", choices=["table", "summary"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the options of `flowvae report KIND`")
+    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("validate", help="check params.yaml against the schema")
-    p.add_argument("--params", default="params.yaml")
+    p = sub.add_parser("validate", help="check params.yaml against the schema and every name it refers to")
+    _params_arg(p)
     p.set_defaults(func=cmd_validate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["report"]:
-        from flowvae import report
-
-        return report.main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"flowvae {args.command}: error: {exc}", file=sys.stderr)
+        status = args.func(args)
+    except TimeBoxReached as exc:
+        print(f"flowvae {args.command}: stopped: {exc}", file=sys.stderr)
+        return EXIT_TIME_BOX
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"flowvae {args.command}: error: {message}", file=sys.stderr)
         return 1
-    return 0
+    return int(status or 0)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowvae.atomic import atomic_path
+from flowvae.atomic import write_npz
+from flowvae.safeload import load_npz
 from flowvae.download import RemoteFile, fetch, mirror_root
 
 SPLITS = ("train", "valid", "test")
@@ -220,16 +221,15 @@ def prepare(
         if n:
             arrays = {k: v[:n] for k, v in arrays.items()}
         dest = Path(out_dir) / f"{split}.npz"
-        with atomic_path(dest) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        write_npz(dest, arrays)
         paths[split] = dest
     return paths
 
 
-def load_split(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read a prepared split: (x uint8 N x C x H x W, labels or None)."""
-    with np.load(path, allow_pickle=False) as f:
-        return f["x"], (f["y"] if "y" in f.files else None)
+def load_split(path: str | Path, rebuild: str = "delete it and rerun `flowvae prepare` (Snakemake's rule prepare)") -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a prepared split: (x uint8 N x C x H x W, labels or None); CorruptFileError names a bad file."""
+    arrays = load_npz(path, ("x",), "a prepared split", rebuild)
+    return arrays["x"], arrays.get("y")
 
 
 # ---------------------------------------------------------------- batches
@@ -253,10 +253,12 @@ class Batches:
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        device: torch.device | str = "cpu",
     ) -> None:
         if binarize not in ("none", "fixed", "dynamic"):
             raise ValueError(f"binarize must be none, fixed or dynamic, not {binarize!r}")
-        self.x = torch.from_numpy(np.ascontiguousarray(x))
+        self.device = torch.device(device)
+        self.x = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)  # uint8, resident on the device
         self.batch_size = batch_size
         self.binarize = binarize
         self.shuffle = shuffle
@@ -273,16 +275,20 @@ class Batches:
         return len(self.x)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
-        """Yield the batches of an epoch from batch index `start` on."""
+        """Yield the batches of an epoch from batch index `start` on, on the data's device.
+
+        The order is drawn on the CPU and the dynamic binarization on the data's device, so the
+        batches are identical across runs on one kind of device (not between CPU and CUDA).
+        """
         if self.shuffle:
             g = torch.Generator().manual_seed(_seed_for(self.seed, epoch))
-            order = torch.randperm(len(self.x), generator=g)
+            order = torch.randperm(len(self.x), generator=g).to(self.device)
         else:
-            order = torch.arange(len(self.x))
+            order = torch.arange(len(self.x), device=self.device)
         for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             batch = self.x[idx].float() / self.scale
             if self.binarize == "dynamic":
-                g = torch.Generator().manual_seed(_seed_for(self.seed, epoch, i, 1))
+                g = torch.Generator(device=self.device).manual_seed(_seed_for(self.seed, epoch, i, 1))
                 batch = torch.bernoulli(batch, generator=g)
             yield batch

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from flowvae.atomic import FILE_MODE
+
 MIRROR_ENV = "FLOWVAE_DATA_MIRROR"
 _CHUNK = 1 << 20
 
@@ -116,6 +118,7 @@ def fetch(remote: RemoteFile, raw_dir: Path, mirror: Path | None = None, timeout
             attempts.append(f"{source}: {getattr(exc, 'reason', exc)}")
         else:
             if actual == remote.digest:
+                os.chmod(tmp, FILE_MODE)
                 os.replace(tmp, dest)
                 return dest
             attempts.append(

@@ -1,10 +1,10 @@
 """Evaluation on the test split: importance-sampled log p(x), ELBO terms and diagnostics.
 
 eval.json (all values in nats per image unless said otherwise):
-  profile, dataset, model, seed, commit, device   what was evaluated, by which code, where
+  profile, dataset, model, seed, commit, device   what was evaluated, by which code (of the evaluation), where
   data_source                                     the data set actually used (differs from dataset only for a profile's stand-in)
   n_test, K                                       test images, importance samples per image
-  epochs, best_epoch, train_minutes, n_params, latent_dim
+  epochs, best_epoch, n_params, latent_dim        n_params counts the trainable parameters as trained (before folding)
   neg_elbo, neg_elbo_se, recon, kl                -ELBO = recon + kl, averaged over the K samples
   neg_log_px, neg_log_px_se                       -log p(x) by importance sampling: mean and standard error over test images
   gap                                             neg_elbo - neg_log_px
@@ -13,7 +13,8 @@ eval.json (all values in nats per image unless said otherwise):
   ess_fraction                                    mean over images of ESS / K of the importance weights
   bits_per_dim                                    null, or {neg_elbo, neg_log_px} in bits/dim for 8-bit images
   is_curve                                        [{K, neg_log_px}] on the first images, averaged over disjoint blocks of K samples
-  eval_seconds, is_samples_per_s
+eval.json has no wall-clock field: the same run evaluated twice on one machine gives the same bytes.
+eval_timings.json beside it: eval_seconds, is_samples_per_s.
 samples.npz beside it: originals, reconstructions, prior_samples, interpolations and, for a 2-D
 latent, grid_x, grid_y, prior_logp and posterior_logq (log-densities on a grid) for a few test images.
 """
@@ -22,32 +23,27 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from flowvae.atomic import atomic_path, write_json
-from flowvae.config import RunConfig
+from flowvae.atomic import write_json, write_npz
+from flowvae.build import count_parameters
+from flowvae.config import RunConfig, config_from_record
 from flowvae.data import Batches
+from flowvae.inference import has_convolutions, prepare_for_inference
+from flowvae.model import LatentVariableModel
 from flowvae.objectives import log_weights
-from flowvae.train import MODEL_FILE, HISTORY_FILE, batches_for, load_weights, make_model, pick_device
-from flowvae.vae import count_parameters
+from flowvae.provenance import code_commit
+from flowvae.safeload import read_metadata
+from flowvae.errors import SettingsChanged
+from flowvae.settings import describe_diff, diff_settings
+from flowvae.train import HISTORY_FILE, MODEL_FILE, batches_for, load_weights, make_model, pick_device
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 LATENT_MOMENT_BUDGET = 20_000_000  # float64 values kept per moment for active units (160 MB)
-
-
-def code_commit() -> str:
-    """The git commit of the code (with +dirty when the tree has changes), or 'unknown'."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "src"], capture_output=True, text=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 class LogMeanExp:
@@ -108,7 +104,7 @@ def importance_sample(model, batches, K: int, device: torch.device, max_batch: i
         z_sum = z_sq = None
         raw = []
         if moment_points is None:
-            moment_points = max(1, LATENT_MOMENT_BUDGET // getattr(model, "latent_dim", 1))
+            moment_points = max(1, LATENT_MOMENT_BUDGET // model.latent_dim)
         keep = max(0, min(b, moment_points - seen))
         done = 0
         while done < K:
@@ -180,7 +176,7 @@ def figure_arrays(model, x: torch.Tensor, seed: int, n_prior: int = 64, n_interp
         z = (1 - t) * za[:, None] + t * zb[:, None]
         images = model.decode_mean(z.reshape(n * steps, -1))
         arrays["interpolations"] = images.reshape(n, steps, *images.shape[1:]).cpu().numpy()
-    if getattr(model, "latent_dim", 0) == 2 and hasattr(model, "log_q"):
+    if model.latent_dim == 2 and model.has_posterior_density:
         g = torch.linspace(-4, 4, 101, device=device)
         gx, gy = torch.meshgrid(g, g, indexing="xy")
         grid = torch.stack([gx, gy], -1).reshape(-1, 1, 2)
@@ -193,73 +189,43 @@ def figure_arrays(model, x: torch.Tensor, seed: int, n_prior: int = 64, n_interp
     return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
 
 
-def has_convolutions(model: torch.nn.Module) -> bool:
-    """Whether any layer is a convolution (then channels_last pays on CPU)."""
-    return any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in model.modules())
-
-
-class BFloat16Decoder(torch.nn.Module):
-    """Runs a decoder under bfloat16 autocast and hands float32 parameters to the likelihood."""
-
-    def __init__(self, decoder: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = decoder
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(z.device.type, dtype=torch.bfloat16):
-            return self.inner(z).float()
-
-
-def prepare_for_inference(
-    model: torch.nn.Module, channels_last: bool = True, compile_decoder: bool = False, decoder_bf16: bool = False
-) -> torch.nn.Module:
-    """Make evaluation fast without changing its result.
-
-    Weight normalisation is folded into plain weights (the same function, computed once),
-    convolutional models switch to channels_last, and optionally the decoder, which runs on all
-    K samples, is compiled with torch.compile or run in bfloat16 (off by default: check its
-    effect with `python -m flowvae.bench --bf16-check RUN_DIR` first).
-    """
-    from torch.nn.utils import parametrize
-
-    for module in list(model.modules()):
-        if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    model.eval()
-    if channels_last and has_convolutions(model):
-        model.to(memory_format=torch.channels_last)
-    if compile_decoder and hasattr(model, "decoder"):
-        model.decoder = torch.compile(model.decoder, dynamic=False)
-    if decoder_bf16 and hasattr(model, "decoder"):
-        model.decoder = BFloat16Decoder(model.decoder)
-    return model
+def recorded_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
+    """The run's config from the settings it recorded when it trained; SettingsChanged if params.yaml now differs."""
+    rebuild = f"retrain it: `flowvae train --profile {cfg.profile} --dataset {cfg.dataset_name} --model {cfg.variant.name} --seed {cfg.seed}`"
+    recorded = read_metadata(run_dir / MODEL_FILE, "a trained flowvae model", rebuild)
+    changes = diff_settings(recorded.get("settings"), cfg.record)
+    if changes:
+        raise SettingsChanged(
+            f"{run_dir / MODEL_FILE} was trained with other settings than params.yaml gives this run now: "
+            f"{describe_diff(changes)}. Its numbers would not match params.yaml; {rebuild} (Snakemake and DVC rerun it)"
+        )
+    return config_from_record(recorded["settings"], cfg.eval, cfg.resources, cfg.prepared_dir)
 
 
 def evaluate(cfg: RunConfig, run_dir: str | Path, threads: int | None = None, device: str | None = None, max_batch: int | None = None) -> dict:
-    """Evaluate a trained run on the test split; write eval.json and samples.npz; return the metrics."""
+    """Evaluate a trained run on the test split; write eval.json, eval_timings.json and samples.npz; return the metrics."""
     run_dir = Path(run_dir)
-    if threads:
+    if threads is not None:
         torch.set_num_threads(threads)
     dev = pick_device(device)
     weights = run_dir / MODEL_FILE
     if not weights.exists():
         raise FileNotFoundError(f"{weights} is missing: train the run first (`flowvae train ...`)")
-    model = make_model(cfg).to(dev)
+    cfg = recorded_config(cfg, run_dir)
+    model: LatentVariableModel = make_model(cfg).to(dev)
     load_weights(model, weights)
-    settings = cfg.settings["eval"]
-    prepare_for_inference(
-        model, compile_decoder=bool(settings.get("compile", False)), decoder_bf16=bool(settings.get("decoder_bf16", False))
-    )
+    n_params = count_parameters(model)
+    settings = cfg.eval
+    prepare_for_inference(model, compile_decoder=settings.compile, decoder_bf16=settings.decoder_bf16)
     K = cfg.eval_K
-    test = batches_for(cfg, "test", int(settings.get("batch_size", 100)), False, cfg.seed + 30_000)
+    test = batches_for(cfg, "test", settings.batch_size, False, cfg.seed + 30_000, dev)
     history = [json.loads(line) for line in (run_dir / HISTORY_FILE).read_text().splitlines() if line.strip()]
     torch.manual_seed(cfg.seed + 40_000)
     d = int(np.prod(cfg.image_shape))
     if max_batch is None:
-        max_batch = int(settings.get("max_batch") or (2_000 if has_convolutions(model) else 20_000))
+        max_batch = settings.max_batch or (2_000 if has_convolutions(model) else 20_000)
     start = time.perf_counter()
-    r = importance_sample(model, test, K, dev, max_batch, int(settings.get("is_curve_points", 0)))
+    r = importance_sample(model, test, K, dev, max_batch, settings.is_curve_points)
     seconds = time.perf_counter() - start
     neg_log_px = -r["log_px"]
     neg_elbo = -r["elbo"]
@@ -275,8 +241,7 @@ def evaluate(cfg: RunConfig, run_dir: str | Path, threads: int | None = None, de
         "K": K,
         "epochs": len(history),
         "best_epoch": int(max((h["epoch"] for h in history if h.get("best")), default=0)),
-        "train_minutes": sum(h["seconds"] for h in history) / 60,
-        "n_params": count_parameters(model),
+        "n_params": n_params,
         "latent_dim": int(r["mean_z"].shape[1]),
         "neg_elbo": float(neg_elbo.mean()),
         "neg_elbo_se": standard_error(neg_elbo),
@@ -288,17 +253,15 @@ def evaluate(cfg: RunConfig, run_dir: str | Path, threads: int | None = None, de
         "active_units": active_units(r["mean_z"], r["var_z"], K),
         "ess_fraction": float(r["ess_fraction"].mean()),
         "bits_per_dim": None,
-        "is_curve": is_curve(r["curve_log_w"], settings.get("curve_K", [K])),
-        "eval_seconds": seconds,
-        "is_samples_per_s": neg_log_px.numel() * K / seconds,
+        "is_curve": is_curve(r["curve_log_w"], list(settings.curve_K) or [K]),
     }
     if cfg.likelihood == "discretized_logistic":
         scale = d * math.log(2)
         metrics["bits_per_dim"] = {"neg_elbo": metrics["neg_elbo"] / scale, "neg_log_px": metrics["neg_log_px"] / scale}
     spread = np.linspace(0, test.n_images - 1, min(16, test.n_images)).astype(int)  # test rows may be sorted by digit
-    shown = Batches(test.x[spread].numpy(), len(spread), test.binarize, shuffle=False, seed=cfg.seed)
-    arrays = figure_arrays(model, next(shown.epoch(0)).to(dev), cfg.seed)
-    with atomic_path(run_dir / "samples.npz") as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
+    shown = Batches(test.x[spread].cpu().numpy(), len(spread), test.binarize, shuffle=False, seed=cfg.seed, device=dev)
+    arrays = figure_arrays(model, next(shown.epoch(0)), cfg.seed)
+    write_npz(run_dir / "samples.npz", arrays, compress=True)
+    write_json(run_dir / "eval_timings.json", {"eval_seconds": seconds, "is_samples_per_s": neg_log_px.numel() * K / seconds})
     write_json(run_dir / "eval.json", metrics)
     return metrics

@@ -21,26 +21,29 @@ Rung i, with z_i of `z_channels` feature maps (every residual branch scaled by 0
            iaf: z <- (z - m) * sigma, (m, log sigma) = 0.1 * masked ConvNet(z, ctx_up + ctx_down)
            h <- h + 0.1 conv(elu([z, d]))
 
-The IAF ConvNet is PixelCNN-style: 3x3 convolutions masked to raster order (mask A on z, mask B after),
-so log|det dz'/dz| = sum log sigma and log q(z|x) = base log-density - sum log sigma. KL terms are single
-sample log q - log p, grouped per (rung, feature map) for free bits. Every convolution is
-weight-normalised, initialised from data by `initialize(x)`. The discretized logistic likelihood has a
-location per subpixel and one learnt log-scale (as released), initialised from the data as well.
+The IAF ConvNet is PixelCNN-style: 3x3 convolutions masked to raster order (mask A on z, mask B after);
+the step is flows/autoregressive.py's affine step with log_scale = log sigma, so log|det dz'/dz| = sum
+log sigma and log q(z|x) = base log-density - sum log sigma. KL terms are single sample log q - log p,
+grouped per (rung, feature map) for free bits. The IAF steps belong to the top-down path (`decoder`),
+which runs on all S*B samples. Every convolution is weight-normalised, initialised from data by
+`initialize(x)`, and folded into a plain weight for inference by `fold()`. The discretized logistic
+likelihood has a location per subpixel and one learnt log-scale (as released), initialised from the
+data as well.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowvae.flows import AutoregressiveAffine
 from flowvae.likelihoods import get_likelihood
-from flowvae.vae import VAEOutput
-from flowvae.variants import Variant, parse_variant
+from flowvae.model import LatentVariableModel, VAEOutput
+from flowvae.variants import Variant
 
 LADDER_DEFAULTS: dict[str, Any] = {"channels": 64, "z_channels": 32, "free_bits": 0.1, "stages": 1}
 RESIDUAL_SCALE = 0.1
@@ -48,8 +51,9 @@ IAF_SCALE = 0.1  # (m, log sigma) = 0.1 * ConvNet output, as released
 HEAD_INIT_SCALE = 0.1  # initial spread of the Gaussian parameters and the image location
 _LOG_2PI = math.log(2.0 * math.pi)
 
-Noise = Callable[[Tensor], Tensor]
 UpStats = tuple[Tensor, Tensor, Tensor]  # posterior mean, log-std and IAF context of one rung
+# TopDown's output: likelihood parameters, then per rung z, log q, log p and the base posterior mean
+Generated = tuple[Tensor, list[Tensor], list[Tensor], list[Tensor], list[Tensor]]
 
 
 def ladder_settings(net: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +103,7 @@ class WNConv2d(nn.Module):
         self.register_buffer("mask", mask, persistent=False)
         scale = torch.as_tensor(init_scale, dtype=torch.float32).expand(c_out).clone()
         self.register_buffer("init_scale", scale, persistent=False)
+        self.register_buffer("folded", None, persistent=False)  # the weight computed once, by fold()
         self.init_pending = False  # set by LadderVAE.initialize: the next forward sets g and bias from its input
 
     def extra_repr(self) -> str:
@@ -108,7 +113,9 @@ class WNConv2d(nn.Module):
         return f"{self.c_in}, {self.c_out}, {kind}kernel={self.kernel}, stride={self.stride}{masked}"
 
     def weight(self) -> Tensor:
-        """g v / |v|, the norm taken per output channel over the (masked) kernel."""
+        """g v / |v|, the norm taken per output channel over the (masked) kernel; once folded, its stored value."""
+        if self.folded is not None:
+            return self.folded
         v = self.v if self.mask is None else self.v * self.mask
         out_dim = 1 if self.transpose else 0
         shape = [1, 1, 1, 1]
@@ -121,6 +128,12 @@ class WNConv2d(nn.Module):
         if self.transpose:
             return F.conv_transpose2d(x, self.weight(), bias, self.stride, pad, output_padding=self.stride - 1)
         return F.conv2d(x, self.weight(), bias, self.stride, pad)
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """For inference: compute g v / |v| once into a plain weight that later forwards use as it is."""
+        self.folded = None
+        self.folded = self.weight().detach().clone()
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
@@ -142,13 +155,15 @@ class WNConv2d(nn.Module):
         return self._conv(x, self.bias)
 
 
-class MaskedIAF(nn.Module):
-    """One IAF step on feature maps: z' = (z - m) * sigma, (m, log sigma) from a raster-order masked ConvNet."""
+class MaskedConvShift(nn.Module):
+    """Hyper-network of the ladder's IAF: (shift, log_scale) = (-m exp(-s), -s), (m, s) from a masked ConvNet.
 
-    def __init__(self, z_channels: int, hidden: int, context: int) -> None:
+    (m, s) = 0.1 * ConvNet(z, context) with 3x3 convolutions masked to raster order (mask A on z, mask B
+    after), so z' = exp(log_scale) z + shift = (z - m) exp(-s) and sigma = exp(-s).
+    """
+
+    def __init__(self, z_channels: int, hidden: int) -> None:
         super().__init__()
-        if context != hidden:
-            raise ValueError(f"the IAF context ({context}) must have one feature map per hidden unit ({hidden})")
         dz = torch.arange(z_channels)
         dh = torch.arange(hidden) * z_channels // hidden
         self.conv_in = WNConv2d(z_channels, hidden, mask=autoregressive_mask(dz, dh, 3, strict=True))
@@ -156,11 +171,18 @@ class MaskedIAF(nn.Module):
         self.conv_out = WNConv2d(hidden, 2 * z_channels, mask=autoregressive_mask(dh, torch.cat([dz, dz]), 3, False))
 
     def forward(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        """z' and the elementwise log sigma (log|det| = its sum)."""
+        """Elementwise shift and log-scale for z (n, z_channels, h, w); context has `hidden` feature maps."""
         a = F.elu(self.conv_in(z) + context)
         a = F.elu(self.conv_hidden(a))
         m, s = (IAF_SCALE * self.conv_out(a)).chunk(2, dim=1)
-        return (z - m) * torch.exp(-s), -s
+        return -m * torch.exp(-s), -s
+
+
+class MaskedIAF(AutoregressiveAffine):
+    """One IAF step on (z_channels, h, w) feature maps: z' = (z - m) * sigma, context of `hidden` feature maps."""
+
+    def __init__(self, z_channels: int, hidden: int) -> None:
+        super().__init__(MaskedConvShift(z_channels, hidden), z_channels, hidden, event_dims=3)
 
 
 class UpRung(nn.Module):
@@ -230,39 +252,6 @@ class BottomUp(nn.Module):
         return stats
 
 
-class TopDown(nn.Module):
-    """The generative path: h_top -> down rungs r-1 .. 0 -> ELU -> transposed 5x5 conv -> likelihood parameters."""
-
-    def __init__(
-        self,
-        image_channels: int,
-        channels: int,
-        z_channels: int,
-        context: int,
-        downsample: list[bool],
-        top_hw: tuple[int, int],
-        learnt_log_scale: bool,
-    ) -> None:
-        super().__init__()
-        self.top_hw = top_hw
-        self.h_top = nn.Parameter(torch.zeros(channels))
-        self.rungs = nn.ModuleList(DownRung(channels, z_channels, context, d) for d in downsample)
-        self.out = WNConv2d(channels, image_channels, kernel=5, stride=2, transpose=True, init_scale=HEAD_INIT_SCALE)
-        self.log_scale = nn.Parameter(torch.zeros(())) if learnt_log_scale else None
-        self.offset = 0.5 if learnt_log_scale else 0.0  # locations live in [0, 1]; logits around 0
-
-    def start(self, n: int) -> Tensor:
-        """h_top tiled over n images."""
-        return self.h_top.view(1, -1, 1, 1).expand(n, -1, *self.top_hw)
-
-    def params(self, h: Tensor) -> Tensor:
-        """Likelihood parameters (n, params_per_channel * C, H, W) from the last h."""
-        loc = self.out(F.elu(h)) + self.offset
-        if self.log_scale is None:
-            return loc
-        return torch.cat([loc, self.log_scale.expand_as(loc)], dim=1)
-
-
 def _add_per_image(a: Tensor, b: Tensor) -> Tensor:
     """a (S*B, ...) + b (B, ...), without repeating b S times."""
     return (a.view(-1, *b.shape) + b).view(a.shape)
@@ -273,21 +262,87 @@ def _normal_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     return -0.5 * (((z - mean) * torch.exp(-log_std)).pow(2) + _LOG_2PI) - log_std
 
 
-class LadderVAE(nn.Module):
+class TopDown(nn.Module):
+    """The generative path, posterior IAF steps included: h_top -> down rungs r-1 .. 0 -> ELU -> 5x5 transposed conv.
+
+    It runs on all S*B samples of a forward pass, so it is what inference compiles or runs in bfloat16.
+    Log-densities are computed in the dtype of the noise, whatever precision the convolutions run in.
+    """
+
+    def __init__(
+        self,
+        image_channels: int,
+        channels: int,
+        z_channels: int,
+        downsample: list[bool],
+        top_hw: tuple[int, int],
+        iaf: bool,
+        learnt_log_scale: bool,
+    ) -> None:
+        super().__init__()
+        self.top_hw = top_hw
+        context = channels if iaf else 0
+        self.h_top = nn.Parameter(torch.zeros(channels))
+        self.rungs = nn.ModuleList(DownRung(channels, z_channels, context, d) for d in downsample)
+        self.flows = nn.ModuleList(MaskedIAF(z_channels, channels) for _ in downsample if iaf)
+        self.out = WNConv2d(channels, image_channels, kernel=5, stride=2, transpose=True, init_scale=HEAD_INIT_SCALE)
+        self.log_scale = nn.Parameter(torch.zeros(())) if learnt_log_scale else None
+        self.offset = 0.5 if learnt_log_scale else 0.0  # locations live in [0, 1]; logits around 0
+
+    def start(self, n: int) -> Tensor:
+        """h_top tiled over n images."""
+        return self.h_top.view(1, -1, 1, 1).expand(n, -1, *self.top_hw)
+
+    def forward(self, values: list[Tensor], up: list[UpStats] | None = None, latents: bool = False) -> Generated:
+        """Likelihood parameters and per-rung terms for n = values[0].shape[0] images.
+
+        values[i] (n, z_channels, h_i, w_i), rung 0 first, is standard-normal noise that draws z_i from
+        the posterior (given `up`, the bottom-up statistics of B = n / S images) or else from the prior;
+        with latents=True it is z_i itself. Returns the parameters and, rung 0 first, z_i and, for the
+        posterior only (else empty lists), log q and log p summed per (image, feature map) and the base
+        posterior mean.
+        """
+        n, dtype = values[0].shape[0], values[0].dtype
+        zs, log_q, log_p, means = [], [], [], []
+        h = self.start(n)
+        for i in reversed(range(len(self.rungs))):
+            rung = self.rungs[i]
+            p_mean, p_log_std, r_mean, r_log_std, ctx, d = (t.to(dtype) for t in rung.features(h))
+            if latents:
+                z = values[i]
+            elif up is None:
+                z = p_mean + torch.exp(p_log_std) * values[i]
+            else:
+                q_mean, q_log_std, q_ctx = up[i]
+                mean, log_std = _add_per_image(r_mean, q_mean), _add_per_image(r_log_std, q_log_std)
+                eps = values[i]
+                z = mean + torch.exp(log_std) * eps
+                lq = -0.5 * (eps.pow(2) + _LOG_2PI) - log_std
+                if self.flows:
+                    z, log_scale = self.flows[i].elementwise(z, _add_per_image(ctx, q_ctx))
+                    lq = lq - log_scale
+                log_q.append(lq.sum((2, 3)))
+                log_p.append(_normal_log_prob(z, p_mean, p_log_std).sum((2, 3)))
+                means.append(mean)
+            zs.append(z)
+            h = rung.merge(h, z, d)
+        loc = self.out(F.elu(h)) + self.offset
+        params = loc if self.log_scale is None else torch.cat([loc, self.log_scale.expand_as(loc)], dim=1)
+        return params, zs[::-1], log_q[::-1], log_p[::-1], means[::-1]
+
+
+class LadderVAE(LatentVariableModel):
     """Bidirectional ResNet VAE with `rungs` stochastic layers; diagonal Gaussian or one-step IAF posteriors."""
+
+    has_posterior_density = False
 
     def __init__(
         self, variant: Variant, settings: dict[str, Any], image_shape: tuple[int, int, int], likelihood: str
     ) -> None:
-        super().__init__()
         if variant.family != "resvae":
             raise ValueError(f"{variant.name!r} is not a resvae variant")
-        self.variant = variant
-        self.net = settings
-        self.likelihood = get_likelihood(likelihood)
-        if self.likelihood.params_per_channel not in (1, 2):
-            raise ValueError(f"the ladder supports likelihoods with 1 or 2 parameters per channel, not {likelihood!r}")
-        self.image_shape = tuple(image_shape)
+        super().__init__(variant, settings, get_likelihood(likelihood), image_shape)
+        self.free_bits = float(settings["free_bits"])
         c, height, width = self.image_shape
         rungs, channels, z_channels = variant.steps, settings["channels"], settings["z_channels"]
         stages = min(settings["stages"], rungs)
@@ -295,64 +350,32 @@ class LadderVAE(nn.Module):
             raise ValueError(f"image size {height}x{width} is not divisible by {2**stages} ({stages} stage(s))")
         stage = [i * stages // rungs for i in range(rungs)]
         downsample = [i > 0 and stage[i] != stage[i - 1] for i in range(rungs)]
-        self.iaf = variant.ladder_posterior == "iaf"
-        context = channels if self.iaf else 0
+        iaf = variant.ladder_posterior == "iaf"
         self.z_shapes: list[tuple[int, int, int]] = []
         h, w = height // 2, width // 2
         for d in downsample:
             h, w = (h // 2, w // 2) if d else (h, w)
             self.z_shapes.append((z_channels, h, w))
         self.latent_dim = sum(math.prod(s) for s in self.z_shapes)
-        self.encoder = BottomUp(c, channels, z_channels, context, downsample)
-        self.flow = nn.ModuleList(MaskedIAF(z_channels, channels, context) for _ in range(rungs) if self.iaf)
+        self.encoder = BottomUp(c, channels, z_channels, channels if iaf else 0, downsample)
         self.decoder = TopDown(
-            c, channels, z_channels, context, downsample, (h, w), self.likelihood.params_per_channel == 2
+            c, channels, z_channels, downsample, (h, w), iaf, self.likelihood.params_per_channel == 2
         )
 
-    def _top_down(
-        self,
-        n: int,
-        up: list[UpStats] | None = None,
-        given: list[Tensor] | None = None,
-        noise: Noise = torch.randn_like,
-    ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-        """Generative pass on n = S*B images with z from the posterior (`up`), the prior, or `given`."""
-        # Returns likelihood parameters and, per rung (rung 0 first), z and, for the posterior only,
-        # log q and log p summed per (image, feature map) and the base posterior mean.
-        rungs = len(self.z_shapes)
-        zs: list[Tensor] = [torch.empty(0)] * rungs
-        log_q: list[Tensor] = [torch.empty(0)] * rungs
-        log_p: list[Tensor] = [torch.empty(0)] * rungs
-        means: list[Tensor] = [torch.empty(0)] * rungs
-        h = self.decoder.start(n)
-        for i in reversed(range(rungs)):
-            rung = self.decoder.rungs[i]
-            p_mean, p_log_std, r_mean, r_log_std, ctx, d = rung.features(h)
-            if given is not None:
-                z = given[i]
-            elif up is None:
-                z = p_mean + torch.exp(p_log_std) * noise(p_mean)
-            else:
-                q_mean, q_log_std, q_ctx = up[i]
-                mean, log_std = _add_per_image(r_mean, q_mean), _add_per_image(r_log_std, q_log_std)
-                eps = noise(mean)
-                z = mean + torch.exp(log_std) * eps
-                lq = -0.5 * (eps.pow(2) + _LOG_2PI) - log_std
-                if self.iaf:
-                    z, log_sigma = self.flow[i](z, _add_per_image(ctx, q_ctx))
-                    lq = lq - log_sigma
-                log_q[i] = lq.sum((2, 3))
-                log_p[i] = _normal_log_prob(z, p_mean, p_log_std).sum((2, 3))
-                means[i] = mean
-            zs[i] = z
-            h = rung.merge(h, z, d)
-        return self.decoder.params(h), zs, log_q, log_p, means
+    def _noise(self, n: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Standard-normal noise for every rung of n images, rung 0 first."""
+        p = next(self.encoder.parameters())
+        device = generator.device if generator is not None else p.device
+        return [
+            torch.randn((n, *s), generator=generator, dtype=p.dtype, device=device).to(p.device)
+            for s in self.z_shapes
+        ]
 
     def forward(self, x: Tensor, n_samples: int = 1) -> VAEOutput:
         """Bottom-up once per image, top-down on all S*B samples; KL per (rung, feature map) in kl_groups."""
         # mu: the base posterior means, which depend on z_>i, averaged over the S samples.
         b, s = x.shape[0], n_samples
-        params, zs, log_q, log_p, means = self._top_down(s * b, self.encoder(x))
+        params, zs, log_q, log_p, means = self.decoder(self._noise(s * b), self.encoder(x))
         log_px_z = self.likelihood.log_prob(params.view(s, b, *params.shape[1:]), x)
         lq = torch.cat(log_q, dim=1).view(s, b, -1)
         lp = torch.cat(log_p, dim=1).view(s, b, -1)
@@ -370,7 +393,7 @@ class LadderVAE(nn.Module):
         convs = [m for m in self.modules() if isinstance(m, WNConv2d)]
         for m in convs:
             m.init_pending = True
-        params = self._top_down(x.shape[0], self.encoder(x))[0]
+        params = self.decoder(self._noise(x.shape[0]), self.encoder(x))[0]
         for m in convs:
             m.init_pending = False
         if self.decoder.log_scale is not None:
@@ -384,31 +407,18 @@ class LadderVAE(nn.Module):
 
     def decode_mean(self, z: Tensor) -> Tensor:
         """Mean images (n, C, H, W) with the given latents fed at every rung."""
-        return self.likelihood.mean(self._top_down(z.shape[0], given=self.split_latents(z))[0])
+        return self.likelihood.mean(self.decoder(self.split_latents(z), latents=True)[0])
 
     def encode_mean(self, x: Tensor) -> Tensor:
         """Latents (B, D) of the top-down pass that takes every base posterior at its mean (eps = 0)."""
-        zs = self._top_down(x.shape[0], self.encoder(x), noise=torch.zeros_like)[1]
+        noise = [torch.zeros_like(t) for t in self._noise(x.shape[0])]
+        zs = self.decoder(noise, self.encoder(x))[1]
         return torch.cat([t.flatten(1) for t in zs], dim=1)
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """Mean images decoded from one posterior sample per image."""
-        return self.likelihood.mean(self._top_down(x.shape[0], self.encoder(x))[0])
+        return self.likelihood.mean(self.decoder(self._noise(x.shape[0]), self.encoder(x))[0])
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Mean images (n, C, H, W) from ancestral samples of the prior."""
-
-        def noise(t: Tensor) -> Tensor:
-            if generator is None:
-                return torch.randn_like(t)
-            return torch.randn(t.shape, generator=generator, dtype=t.dtype, device=generator.device).to(t.device)
-
-        return self.likelihood.mean(self._top_down(n, noise=noise)[0])
-
-
-def build_ladder(
-    variant: str | Variant, net: dict[str, Any], image_shape: tuple[int, int, int], likelihood: str
-) -> LadderVAE:
-    """The resvae_r{rungs}_{gauss,iaf} model with ladder settings `net` for images of shape (C, H, W)."""
-    v = parse_variant(variant) if isinstance(variant, str) else variant
-    return LadderVAE(v, ladder_settings(net), tuple(image_shape), likelihood)
+        return self.likelihood.mean(self.decoder(self._noise(n, generator))[0])

@@ -5,6 +5,8 @@ resnet (the IAF paper's MNIST/CIFAR networks): three stride-2 3x3 ResNet blocks 
 `channels` (16, 32, 32), each followed by a stride-1 block, flattened (28x28 inputs are
 zero-padded to 32x32, giving 4x4x32 = 512), a dense ELU layer of `dense` units, then the
 heads; the decoder mirrors it with transposed convolutions; every layer weight-normalised.
+Both kinds also carry the posterior flow's sizes: context_dim (encoder context h), coupling_hidden
+(real-NVP) and made_layers (hidden layers of each IAF step's MADE).
 """
 
 from __future__ import annotations
@@ -18,12 +20,21 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 NET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mlp": {"kind": "mlp", "z_dim": 32, "context_dim": 450, "coupling_hidden": 256, "hidden": 450, "layers": 2},
+    "mlp": {
+        "kind": "mlp",
+        "z_dim": 32,
+        "context_dim": 450,
+        "coupling_hidden": 256,
+        "made_layers": 1,
+        "hidden": 450,
+        "layers": 2,
+    },
     "resnet": {
         "kind": "resnet",
         "z_dim": 32,
         "context_dim": 450,
         "coupling_hidden": 256,
+        "made_layers": 1,
         "channels": [16, 32, 32],
         "dense": 450,
     },

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from flowvae.vae import VAEOutput
+from flowvae.model import VAEOutput
 
 
 @dataclass

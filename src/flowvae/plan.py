@@ -1,14 +1,24 @@
-"""The runs a profile needs: which data sets, which (dataset, model, seed) runs, which files.
+"""The runs a profile needs, their files, and the params.yaml keys each kind of job depends on.
 
-Snakemake's rules and the generated dvc.yaml both take their job lists from here, so the two
-always build the same DAG.
+Snakemake's rules and the generated dvc.yaml both take their job lists and their params keys from
+here, so the two build the same DAG and rerun the same jobs after a change to params.yaml:
+
+- prepare:  the data set's entries (its own and any stand-in's), the profile's subset and substitute;
+- train:    code_version, the profile's train block, its network (ladder for resvae runs), and the
+            prepare keys;
+- evaluate: code_version and the profile's eval block (and, through its inputs, the trained model);
+- table:    its tables.<name> entry (and, through its inputs, the evaluations and published numbers);
+- resources, seeds of other runs, data.mirror: nothing.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
-from flowvae.config import run_dir
+from flowvae.config import candidate_sources, run_dir
+from flowvae.variants import parse_variant
 
 SPLITS = ("train", "valid", "test")
 
@@ -28,6 +38,11 @@ class Run:
     def path(self, profile: str, name: str) -> str:
         """A file of this run, e.g. path('quick', 'eval.json')."""
         return str(run_dir(profile, self.dataset, self.model, self.seed) / name)
+
+    @property
+    def network_block(self) -> str:
+        """The profile block its model is built from: `ladder` for resvae runs, else `network`."""
+        return "ladder" if parse_variant(self.model).family == "resvae" else "network"
 
 
 def table_names(params: dict) -> list[str]:
@@ -64,3 +79,40 @@ def prepared_files(params: dict, profile: str, dataset: str) -> list[str]:
     """The prepared split files of a data set for a profile."""
     root = params["data"]["prepared_dir"]
     return [f"{root}/{profile}/{dataset}/{split}.npz" for split in SPLITS]
+
+
+def prepare_param_keys(params: dict, dataset: str, profile: str) -> list[str]:
+    """The params.yaml keys a data set's prepared files depend on."""
+    keys = [f"datasets.{source}" for source in candidate_sources(params, dataset)]
+    return keys + [f"profiles.{profile}.subset", f"profiles.{profile}.substitute"]
+
+
+def train_param_keys(params: dict, run: Run, profile: str) -> list[str]:
+    """The params.yaml keys a training depends on."""
+    own = ["code_version", f"profiles.{profile}.train", f"profiles.{profile}.{run.network_block}"]
+    return own + prepare_param_keys(params, run.dataset, profile)
+
+
+def eval_param_keys(profile: str) -> list[str]:
+    """The params.yaml keys an evaluation depends on besides its trained model."""
+    return ["code_version", f"profiles.{profile}.eval"]
+
+
+def table_param_keys(table: str) -> list[str]:
+    """The params.yaml keys a table depends on besides its evaluations."""
+    return [f"tables.{table}"]
+
+
+def lookup(params: dict, key: str) -> Any:
+    """The value at a dotted key path; KeyError naming the path if absent."""
+    value: Any = params
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"params.yaml has no key {key!r}")
+        value = value[part]
+    return value
+
+
+def param_values(params: dict, keys: list[str]) -> str:
+    """The values at `keys` as canonical JSON: what Snakemake's params rerun trigger compares."""
+    return json.dumps({key: lookup(params, key) for key in keys}, sort_keys=True)

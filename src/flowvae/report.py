@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from flowvae.atomic import write_text
+from flowvae.metrics import BY_PUBLISHED, METRICS, Metric, metric
 
 PUBLISHED_COLUMNS = ("source", "table", "dataset", "model", "metric", "value", "note")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
@@ -43,93 +44,6 @@ MISSING_TEX = "--"
 
 class MissingEvalError(ValueError):
     """A table row has no eval.json among the inputs."""
-
-
-@dataclass(frozen=True)
-class Metric:
-    """How one table metric is read from eval.json, labelled and compared with published numbers."""
-
-    key: str
-    md: str
-    tex: str
-    get: Callable[[Mapping[str, Any]], Any]
-    se: Callable[[Mapping[str, Any]], Any] | None = None
-    published: str | None = None
-    digits: int = 2
-    shows_k: bool = False
-
-
-def _field(*path: str) -> Callable[[Mapping[str, Any]], Any]:
-    """A getter for a (nested) eval.json field; None where absent."""
-
-    def get(ev: Mapping[str, Any]) -> Any:
-        value: Any = ev
-        for part in path:
-            if not isinstance(value, Mapping):
-                return None
-            value = value.get(part)
-        return value
-
-    return get
-
-
-def _bpd_se(nats: str, bits: str) -> Callable[[Mapping[str, Any]], Any]:
-    """Standard error in bits/dim, scaled from the nats one by the eval's own bits/nats ratio."""
-
-    def get(ev: Mapping[str, Any]) -> Any:
-        se, value, bpd = ev.get(f"{nats}_se"), ev.get(nats), _field("bits_per_dim", bits)(ev)
-        if se is None or not value or bpd is None:
-            return None
-        return se * bpd / value
-
-    return get
-
-
-def _bpd_gap(ev: Mapping[str, Any]) -> Any:
-    """The ELBO gap in bits/dim."""
-    elbo, nll = _field("bits_per_dim", "neg_elbo")(ev), _field("bits_per_dim", "neg_log_px")(ev)
-    return None if elbo is None or nll is None else elbo - nll
-
-
-METRICS: dict[str, Metric] = {
-    m.key: m
-    for m in (
-        Metric("neg_elbo", "-ELBO", r"$-$ELBO", _field("neg_elbo"), _field("neg_elbo_se"), "neg_elbo"),
-        Metric("neg_log_px", "-log p(x)", r"$-\log p(x)$", _field("neg_log_px"), _field("neg_log_px_se"),
-               "neg_log_px", shows_k=True),
-        Metric("recon", "-log p(x|z)", r"$-\log p(x|z)$", _field("recon"), None, "neg_log_px_given_z"),
-        Metric("kl", "KL", "KL", _field("kl")),
-        Metric("gap", "gap", "gap", _field("gap")),
-        Metric("active_units", "active units", "active units", _field("active_units"), None, "active_units", 0),
-        Metric("n_params", "parameters", "parameters", _field("n_params"), None, None, 0),
-        Metric("train_minutes", "train min", "train min", _field("train_minutes"), None, None, 1),
-        Metric("ess_fraction", "ESS/K", "ESS/$K$", _field("ess_fraction"), None, None, 3),
-        Metric("bits_per_dim_elbo", "-ELBO (bits/dim)", r"$-$ELBO (bits/dim)", _field("bits_per_dim", "neg_elbo"),
-               _bpd_se("neg_elbo", "neg_elbo"), "bits_per_dim_elbo", 3),
-        Metric("bits_per_dim", "-log p(x) (bits/dim)", r"$-\log p(x)$ (bits/dim)",
-               _field("bits_per_dim", "neg_log_px"), _bpd_se("neg_log_px", "neg_log_px"), "bits_per_dim", 3,
-               shows_k=True),
-        Metric("gap_bits_per_dim", "gap (bits/dim)", "gap (bits/dim)", _bpd_gap, None, None, 3),
-    )
-}
-ALIASES = {
-    "neg_log_px_given_z": "recon",
-    "bits_per_dim.neg_elbo": "bits_per_dim_elbo",
-    "bits_per_dim.neg_log_px": "bits_per_dim",
-}
-# `units: bits_per_dim` in a table spec turns the nats metrics into their bits/dim versions.
-BPD_UNITS = {"neg_elbo": "bits_per_dim_elbo", "neg_log_px": "bits_per_dim", "gap": "gap_bits_per_dim"}
-BY_PUBLISHED = {m.published: m for m in METRICS.values() if m.published}
-
-
-def metric(name: str, units: str | None = None) -> Metric:
-    """The Metric for a spec name (or alias); ValueError listing the known ones otherwise."""
-    key = ALIASES.get(name, name)
-    if units == "bits_per_dim":
-        key = BPD_UNITS.get(key, key)
-    if key not in METRICS:
-        raise ValueError(f"unknown table metric {name!r}; known: {', '.join([*METRICS, *ALIASES])}")
-    return METRICS[key]
 
 
 # ---------------------------------------------------------------- reading inputs
@@ -148,12 +62,21 @@ def load_published(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def load_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read one eval.json; ValueError if it lacks the fields that identify the run."""
+    """Read one eval.json, with the timings beside it merged in; ValueError if it lacks the fields that identify the run.
+
+    Timings live in their own files (eval_timings.json, train_timings.json) so that eval.json has the
+    same bytes for the same run; a table reads train_minutes and eval_seconds from them.
+    """
     with open(path, encoding="utf-8") as fh:
         ev = json.load(fh)
     missing = [k for k in ("model", "dataset") if k not in ev]
     if missing:
         raise ValueError(f"{path}: eval.json lacks {missing}")
+    for name, keys in (("eval_timings.json", ("eval_seconds", "is_samples_per_s")), ("train_timings.json", ("train_minutes",))):
+        beside = Path(path).with_name(name)
+        if beside.is_file():
+            timings = json.loads(beside.read_text(encoding="utf-8"))
+            ev.update({k: timings[k] for k in keys if k in timings})
     return ev
 
 
@@ -543,35 +466,25 @@ def _expand(paths: Iterable[str]) -> tuple[list[Path], list[Path]]:
 # ---------------------------------------------------------------- command line
 
 
-def _profile_value(block: Any, key: str) -> Any:
-    """A value from the profile block, at its top level or one level down (e.g. evaluate.K)."""
-    if not isinstance(block, Mapping):
-        return None
-    if key in block:
-        return block[key]
-    for sub in block.values():
-        if isinstance(sub, Mapping) and key in sub:
-            return sub[key]
-    return None
-
-
 def table_context(params: Mapping[str, Any], profile: str | None, dataset: str | None) -> dict[str, Any]:
     """Fallback caption facts from params.yaml (eval.json values take precedence)."""
-    profile = profile or params.get("profile")
-    block = (params.get("profiles") or {}).get(profile) if isinstance(params.get("profiles"), Mapping) else None
+    from flowvae.settings import EvalSettings, TrainSettings
+
+    profile = profile or params["profile"]
+    block = params["profiles"][profile]
     return {
         "profile": profile,
         "dataset": dataset,
-        "epochs": _profile_value(block, "epochs"),
-        "K": _profile_value(block, "K"),
-        "seeds": _profile_value(block, "seeds"),
+        "epochs": TrainSettings.from_params(block["train"]).epochs,
+        "K": EvalSettings.from_params(block["eval"]).K_for(dataset),
+        "seeds": list(params["seeds"]),
         "commit": None,
     }
 
 
 def main_table(argv: Sequence[str] | None = None) -> int:
     """CLI: write one table's .md and .tex from params.yaml, the published CSV and eval.json files."""
-    import yaml
+    from flowvae.config import load_params
 
     ap = argparse.ArgumentParser(prog="python -m flowvae.report table", description=main_table.__doc__)
     ap.add_argument("--params", required=True, help="params.yaml")
@@ -583,9 +496,8 @@ def main_table(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("evals", nargs="*", help="eval.json files")
     args = ap.parse_args(argv)
 
-    with open(args.params, encoding="utf-8") as fh:
-        params = yaml.safe_load(fh) or {}
-    tables = params.get("tables") or {}
+    params = load_params(args.params, published=args.published)
+    tables = params["tables"]
     if args.table not in tables:
         raise SystemExit(f"{args.params}: no table {args.table!r} under 'tables' (have: {', '.join(tables)})")
     spec = tables[args.table]

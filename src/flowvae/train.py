@@ -1,17 +1,30 @@
-"""Training one run: warm-up, early stopping, EMA, resumable checkpoints, a NaN guard.
+"""Training one run: warm-up, early stopping, EMA, resumable checkpoints, time boxes, a NaN guard.
 
 A run's folder holds, while it trains, `checkpoint/state.pt` (model, optimiser, EMA, RNG state,
-epoch and step, best score, patience, history; loadable with weights_only=True) and
-`checkpoint/best.safetensors`. The finished run adds `model.safetensors` (the kept weights) and
-`train.jsonl` (one line per epoch). Rerunning the same command after a kill continues from the
-last checkpoint and, on CPU, ends with the same weights as an uninterrupted run.
+epoch and step, best score, patience, history and the settings record; loadable with
+weights_only=True) and `checkpoint/best.safetensors`. The finished run adds:
+
+- model.safetensors    the kept weights (best validation, or their EMA), with the settings record
+                       as metadata (key `flowvae`: JSON with sorted keys);
+- settings.json        the same record, readable: {"settings": run_settings(), "commit", "best_epoch"};
+- train.jsonl          one line per epoch, no wall-clock fields (the same bytes for the same run);
+- train_timings.json   seconds and images/s per epoch, and train_minutes.
+
+Rerunning the same command after a kill, a time box or a signal continues from the last checkpoint
+and, on CPU, ends with the same weights as an uninterrupted run. If params.yaml changed since the
+checkpoint: a change of train.epochs or train.patience only extends (or ends) the run; any other
+change refuses (on_change="refuse") or moves the old checkpoint to checkpoint.replaced/ and starts
+over (on_change="restart", what the Snakemake rules and DVC stages use).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
+import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,29 +32,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
-from flowvae.atomic import atomic_path, write_text
+from flowvae.atomic import atomic_path, write_json, write_text
+from flowvae.build import build_model
 from flowvae.config import RunConfig
 from flowvae.data import Batches, load_split
+from flowvae.model import LatentVariableModel
 from flowvae.objectives import objective
-from flowvae.vae import build_model
+from flowvae.provenance import code_commit
+from flowvae.safeload import METADATA_KEY, load_safetensors, load_state
+from flowvae.errors import NonFiniteLoss, SettingsChanged, TimeBoxReached
+from flowvae.settings import TrainSettings, describe_diff, diff_settings
 
 STATE_FILE = "checkpoint/state.pt"
 BEST_FILE = "checkpoint/best.safetensors"
 MODEL_FILE = "model.safetensors"
+SETTINGS_FILE = "settings.json"
 HISTORY_FILE = "train.jsonl"
-
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+TIMINGS_FILE = "train_timings.json"
+CHECK_EVERY = 50  # steps between looks at the loss on the host (NaN guard, progress bar)
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when present (or as requested), else CPU."""
+    """CUDA when present (or as requested), else CPU; ValueError when CUDA is asked for and absent."""
     if requested:
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise ValueError(f"--device: {requested!r} is not a device; use cpu or cuda") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: this torch build or machine has no CUDA device; use --device cpu")
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -52,29 +75,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_model(cfg: RunConfig) -> torch.nn.Module:
-    """The model of a run, as params.yaml describes it."""
-    net = dict(cfg.network)
-    if cfg.variant.family == "resvae":
-        net = dict(cfg.ladder)
-    return build_model(cfg.variant, net, cfg.image_shape, cfg.likelihood)
+def make_model(cfg: RunConfig) -> LatentVariableModel:
+    """The model of a run, built from its resolved network settings."""
+    return build_model(cfg.variant, cfg.network, cfg.image_shape, cfg.likelihood)
 
 
 def split_images(cfg: RunConfig, split: str) -> np.ndarray:
     """A prepared split, cut to the profile's subset size if it has one."""
     path = cfg.prepared_dir / f"{split}.npz"
+    rebuild = f"delete it and run `flowvae prepare --profile {cfg.profile} --dataset {cfg.dataset_name}` (Snakemake's rule prepare)"
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path} is missing: run `flowvae prepare --profile {cfg.profile} --dataset {cfg.dataset_name}` first"
-        )
-    x, _ = load_split(path)
+        raise FileNotFoundError(f"{path} is missing: run `flowvae prepare --profile {cfg.profile} --dataset {cfg.dataset_name}` first")
+    x, _ = load_split(path, rebuild)
     n = cfg.subset.get(split)
     return x[:n] if n else x
 
 
-def batches_for(cfg: RunConfig, split: str, batch_size: int, shuffle: bool, seed: int) -> Batches:
-    """Batches of a split with the data set's binarization."""
-    return Batches(split_images(cfg, split), batch_size, cfg.dataset.binarize, shuffle=shuffle, seed=seed)
+def batches_for(cfg: RunConfig, split: str, batch_size: int, shuffle: bool, seed: int, device="cpu") -> Batches:
+    """Batches of a split with the data set's binarization, resident on `device`."""
+    return Batches(split_images(cfg, split), batch_size, cfg.dataset.binarize, shuffle=shuffle, seed=seed, device=device)
+
+
+def run_metadata(cfg: RunConfig, best_epoch: int) -> dict:
+    """What a finished run records about itself (settings.json and the model's metadata)."""
+    return {"settings": cfg.record, "commit": code_commit(), "best_epoch": int(best_epoch)}
+
+
+def save_weights(state: dict[str, torch.Tensor], dest: Path, metadata: dict | None = None) -> None:
+    """Write a safetensors file atomically; metadata is stored as one JSON entry, so the bytes are reproducible."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    meta = {METADATA_KEY: json.dumps(metadata, sort_keys=True)} if metadata is not None else None
+    with atomic_path(dest) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_weights(model: torch.nn.Module, path: Path, rebuild: str = "delete it and retrain the run (`flowvae train ...`)") -> None:
+    """Load safetensors weights into a model (no code is executed)."""
+    model.load_state_dict(load_safetensors(path, "a flowvae weights file", rebuild))
 
 
 @dataclass
@@ -90,7 +127,11 @@ class TrainState:
     epoch_sums: dict = field(default_factory=lambda: {"loss": 0.0, "neg_elbo": 0.0, "recon": 0.0, "kl": 0.0, "n": 0})
     epoch_seconds: float = 0.0
     history: list = field(default_factory=list)
+    timings: list = field(default_factory=list)
     finished: bool = False
+
+
+_SUM_KEYS = ("loss", "neg_elbo", "recon", "kl")
 
 
 def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
@@ -102,39 +143,27 @@ def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: flo
                 ema[name].copy_(value)
 
 
-def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-
-
-def save_weights(state: dict[str, torch.Tensor], dest: Path, metadata: dict | None = None) -> None:
-    """Write a safetensors file atomically."""
-    with atomic_path(dest) as tmp:
-        save_file(_contiguous(state), str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-
-
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load safetensors weights into a model (no code is executed)."""
-    model.load_state_dict(load_file(str(path)))
+def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, batches: Batches, seed: int) -> dict[str, float]:
+def validate(model: LatentVariableModel, batches: Batches, seed: int) -> dict[str, float]:
     """Validation -ELBO, reconstruction and KL per image (one posterior sample, beta = 1)."""
     was_training = model.training
     model.eval()
-    sums = {"neg_elbo": 0.0, "recon": 0.0, "kl": 0.0}
-    device = next(model.parameters()).device
+    device = batches.device
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for x in batches.epoch(0):
-            out = model(x.to(device), n_samples=1)
+            out = model(x, n_samples=1)
             recon = -out.log_px_z
             kl = out.log_qz - out.log_pz
-            sums["neg_elbo"] += (recon + kl).sum().item()
-            sums["recon"] += recon.sum().item()
-            sums["kl"] += kl.sum().item()
+            sums += torch.stack([(recon + kl).sum(), recon.sum(), kl.sum()]).double()
     model.train(was_training)
-    return {k: v / batches.n_images for k, v in sums.items()}
+    neg_elbo, recon, kl = (sums / batches.n_images).tolist()
+    return {"neg_elbo": neg_elbo, "recon": recon, "kl": kl}
 
 
 class Trainer:
@@ -148,35 +177,41 @@ class Trainer:
         device: str | None = None,
         checkpoint_seconds: float = 300.0,
         progress: bool | None = None,
+        on_change: str = "refuse",
+        max_minutes: float | None = None,
+        compile_step: bool = False,
     ) -> None:
+        if on_change not in ("refuse", "restart"):
+            raise ValueError(f"on_change must be refuse or restart, not {on_change!r}")
         self.cfg = cfg
         self.out = Path(out_dir)
-        self.settings = cfg.settings
-        if threads:
+        self.train_settings: TrainSettings = cfg.train
+        if threads is not None:
             torch.set_num_threads(threads)
         self.device = pick_device(device)
         self.checkpoint_seconds = checkpoint_seconds
         self.progress = sys.stderr.isatty() if progress is None else progress
+        self.on_change = on_change
+        self.max_seconds = None if max_minutes is None else 60.0 * max_minutes
+        self.stop_reason: str | None = None
+        t = self.train_settings
         seed_everything(cfg.seed)
-        self.train_batches = batches_for(cfg, "train", self.settings["batch_size"], True, cfg.seed)
-        self.valid_batches = batches_for(cfg, "valid", self.settings["batch_size"], False, cfg.seed + 10_000)
+        self.train_batches = batches_for(cfg, "train", t.batch_size, True, cfg.seed, self.device)
+        self.valid_batches = batches_for(cfg, "valid", t.batch_size, False, cfg.seed + 10_000, self.device)
         self.model = make_model(cfg).to(self.device)
-        if hasattr(self.model, "initialize"):
-            first = next(self.train_batches.epoch(0))
-            self.model.initialize(first.to(self.device))
-        lr = float(self.settings["lr"])
-        name = self.settings.get("optimizer", "adamax")
-        if name not in ("adamax", "adam"):
-            raise ValueError(f"profiles.{cfg.profile}.optimizer: {name!r} is not adamax or adam")
-        opt_class = torch.optim.Adamax if name == "adamax" else torch.optim.Adam
-        self.optimizer = opt_class(self.model.parameters(), lr=lr)
-        self.ema_decay = float(self.settings.get("ema") or 0.0)
-        self.ema = _contiguous(self.model.state_dict()) if self.ema_decay > 0 else None
+        self.model.initialize(next(self.train_batches.epoch(0)))
+        optimizer = torch.optim.Adamax if t.optimizer == "adamax" else torch.optim.Adam
+        self.optimizer = optimizer(self.model.parameters(), lr=float(t.lr), betas=tuple(t.betas))
+        self.ema = _copy(self.model.state_dict()) if t.ema > 0 else None
         self.state = TrainState()
+        self.amp_dtype = torch.bfloat16 if t.amp == "bf16" else None
+        self.forward_loss = torch.compile(self._forward_loss) if compile_step else self._forward_loss
 
     # ------------------------------------------------------------ checkpoints
-    def save_checkpoint(self) -> None:
-        """Write the full training state atomically."""
+    def save_checkpoint(self, sums: torch.Tensor | None = None) -> None:
+        """Write the full training state atomically (with the running epoch sums, if given)."""
+        if sums is not None:
+            self._store_sums(sums)
         payload = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -184,16 +219,38 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "state": self.state.__dict__,
+            "settings": json.dumps(self.cfg.record, sort_keys=True),
         }
         with atomic_path(self.out / STATE_FILE) as tmp:
             torch.save(payload, tmp)
 
+    def _rebuild_hint(self) -> str:
+        return f"delete {self.out / 'checkpoint'} to train the run from the start"
+
     def load_checkpoint(self) -> bool:
-        """Resume from the run's checkpoint if there is one."""
+        """Resume from the run's checkpoint if there is one (see the module doc for changed settings)."""
         path = self.out / STATE_FILE
         if not path.exists():
             return False
-        payload = torch.load(path, map_location=self.device, weights_only=True)
+        payload = load_state(path, self.device, "a flowvae training checkpoint", self._rebuild_hint())
+        missing = [k for k in ("model", "optimizer", "state", "rng_cpu") if k not in payload]
+        if missing:
+            raise SettingsChanged(f"{path} is not a flowvae training checkpoint (it lacks {missing}); {self._rebuild_hint()}")
+        recorded = json.loads(payload.get("settings") or "{}")
+        changes = diff_settings(recorded, self.cfg.record)
+        blocking = [c for c in changes if c[0] not in {f"train.{k}" for k in TrainSettings.EXTENDABLE}]
+        if blocking:
+            message = (
+                f"{self.out}: params.yaml now gives this run other settings than its checkpoint was trained with: "
+                f"{describe_diff(blocking)}"
+            )
+            if self.on_change == "refuse":
+                raise SettingsChanged(
+                    f"{message}. Restore those settings to continue it, or start it over with `--on-change restart` "
+                    f"(the old checkpoint is kept in {self.out / 'checkpoint.replaced'})"
+                )
+            self._set_aside(message)
+            return False
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         if self.ema is not None and payload["ema"] is not None:
@@ -202,7 +259,33 @@ class Trainer:
         if self.device.type == "cuda" and payload["rng_cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in payload["rng_cuda"]])
         self.state = TrainState(**payload["state"])
+        if changes:
+            self._extend(changes)
         return True
+
+    def _set_aside(self, message: str) -> None:
+        """Move the stale checkpoint to checkpoint.replaced/ (replacing an older one) and say so."""
+        aside = self.out / "checkpoint.replaced"
+        shutil.rmtree(aside, ignore_errors=True)
+        (self.out / "checkpoint").rename(aside)
+        print(f"{message}; starting over (the old checkpoint is in {aside})", file=sys.stderr, flush=True)
+
+    def _extend(self, changes: list) -> None:
+        """Apply a new epochs or patience budget to a resumed run, and say what it does."""
+        s, t = self.state, self.train_settings
+        was_finished = s.finished
+        s.finished = s.step_in_epoch == 0 and self._budget_spent()
+        if was_finished and not s.finished:
+            action = f"extending the finished run from epoch {s.epoch}"
+        elif s.finished:
+            action = f"the run is complete under the new budget at epoch {s.epoch} (best epoch {s.best_epoch})"
+        else:
+            action = f"continuing at epoch {s.epoch + 1} with the new budget"
+        print(f"{self.out}: {describe_diff(changes)}: {action} (epochs {t.epochs}, patience {t.patience})", file=sys.stderr, flush=True)
+
+    def _budget_spent(self) -> bool:
+        s, t = self.state, self.train_settings
+        return s.epoch >= t.epochs or bool(t.patience and s.bad_epochs >= t.patience)
 
     def eval_weights(self) -> dict[str, torch.Tensor]:
         """The weights used for validation and evaluation: EMA when enabled."""
@@ -211,56 +294,91 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def beta(self, step: int) -> float:
         """KL weight of the step-th update (from 1): linear from 0 to 1 over the warm-up epochs."""
-        warmup = float(self.settings.get("warmup_epochs") or 0)
+        warmup = float(self.train_settings.warmup_epochs)
         if warmup <= 0:
             return 1.0
         return min(1.0, step / (warmup * len(self.train_batches)))
 
-    def train_epoch(self) -> None:
-        """Run (the rest of) one epoch, checkpointing every few minutes."""
-        s, v = self.state, self.cfg.variant
-        free_bits = float(self.model.net.get("free_bits", 0.0)) if v.family == "resvae" else 0.0
-        started = time.perf_counter()
-        last_save = started
-        self.model.train()
-        bar = tqdm(
-            total=len(self.train_batches),
-            initial=s.step_in_epoch,
-            desc=f"epoch {s.epoch + 1}",
-            disable=not self.progress,
-            leave=False,
-        )
-        for x in self.train_batches.epoch(s.epoch, start=s.step_in_epoch):
-            x = x.to(self.device, non_blocking=True)
+    def _forward_loss(self, x: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss to minimise and the logged terms (loss, -ELBO, recon, KL) of one batch."""
+        v = self.cfg.variant
+        autocast = torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        with autocast:
             out = self.model(x, n_samples=v.objective_k)
-            loss = objective(out, v.objective, beta=self.beta(s.global_step + 1), free_bits=free_bits)
-            if not torch.isfinite(loss.loss):
-                raise NonFiniteLoss(
-                    f"{self.out}: loss is {loss.loss.item()} at epoch {s.epoch + 1}, step {s.step_in_epoch + 1}; "
-                    f"the last good checkpoint is kept in {self.out / STATE_FILE}"
-                )
+            loss = objective(out, v.objective, beta=beta, free_bits=self.model.free_bits)
+        terms = torch.stack([loss.loss.detach(), loss.neg_elbo, loss.recon, loss.kl]).double()
+        return loss.loss, terms
+
+    def _store_sums(self, sums: torch.Tensor) -> None:
+        """Copy the device-side running sums (float64, exact as Python floats) into the checkpointable state."""
+        for key, value in zip(_SUM_KEYS, sums.tolist()):
+            self.state.epoch_sums[key] = value
+
+    def _check_finite(self, window: list[torch.Tensor], first_step: int) -> None:
+        """Raise NonFiniteLoss naming the first step of `window` (losses from first_step on) that is not finite."""
+        if not window:
+            return
+        finite = torch.isfinite(torch.stack(window)).tolist()
+        window.clear()
+        if all(finite):
+            return
+        step = first_step + finite.index(False)
+        ckpt = self.out / STATE_FILE
+        kept = f"the last good checkpoint is kept in {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
+        raise NonFiniteLoss(
+            f"{self.out}: the loss is not finite at epoch {self.state.epoch + 1}, step {step}; {kept}. "
+            f"Lower train.lr, or check the data, then rerun"
+        )
+
+    def _should_stop(self, started_run: float) -> bool:
+        if self.stop_reason is None and self.max_seconds is not None and time.perf_counter() - started_run > self.max_seconds:
+            self.stop_reason = f"time box of {self.max_seconds / 60:g} minutes reached"
+        return self.stop_reason is not None
+
+    def train_epoch(self, started_run: float) -> None:
+        """Run (the rest of) one epoch, checkpointing every few minutes; stop early on a time box or signal."""
+        s = self.state
+        started = last_save = time.perf_counter()
+        self.model.train()
+        # One running sum per epoch, continued from the checkpoint, so a resumed epoch adds in the same order.
+        sums = torch.tensor([s.epoch_sums[k] for k in _SUM_KEYS], dtype=torch.float64, device=self.device)
+        window: list[torch.Tensor] = []
+        window_start = s.step_in_epoch + 1
+        bar = tqdm(total=len(self.train_batches), initial=s.step_in_epoch, desc=f"epoch {s.epoch + 1}", disable=not self.progress, leave=False)
+        for x in self.train_batches.epoch(s.epoch, start=s.step_in_epoch):
+            beta = torch.tensor(self.beta(s.global_step + 1), device=self.device)
+            loss, terms = self.forward_loss(x, beta)
+            window.append(terms[0])
             self.optimizer.zero_grad(set_to_none=True)
-            loss.loss.backward()
+            loss.backward()
             self.optimizer.step()
             if self.ema is not None:
-                _ema_update(self.ema, self.model, self.ema_decay)
+                _ema_update(self.ema, self.model, self.train_settings.ema)
             n = x.shape[0]
-            sums = s.epoch_sums
-            sums["loss"] += loss.loss.item() * n
-            sums["neg_elbo"] += loss.neg_elbo.item() * n
-            sums["recon"] += loss.recon.item() * n
-            sums["kl"] += loss.kl.item() * n
-            sums["n"] += n
+            sums += terms * n
+            s.epoch_sums["n"] += n
             s.step_in_epoch += 1
             s.global_step += 1
             bar.update(1)
-            bar.set_postfix(neg_elbo=f"{loss.neg_elbo.item():.2f}")
             now = time.perf_counter()
-            if now - last_save > self.checkpoint_seconds:
+            stop = self._should_stop(started_run)
+            if len(window) >= CHECK_EVERY or stop or now - last_save > self.checkpoint_seconds:
+                self._check_finite(window, window_start)
+                window_start = s.step_in_epoch + 1
+                bar.set_postfix(neg_elbo=f"{terms[1].item():.2f}")
+            if stop or now - last_save > self.checkpoint_seconds:
                 s.epoch_seconds += now - started
                 started = last_save = now
-                self.save_checkpoint()
+                self.save_checkpoint(sums)
+                if stop:
+                    bar.close()
+                    raise TimeBoxReached(
+                        f"{self.out}: {self.stop_reason}; checkpoint written at epoch {s.epoch + 1}, step {s.step_in_epoch}. "
+                        "Rerun the same command to continue"
+                    )
         bar.close()
+        self._check_finite(window, window_start)
+        self._store_sums(sums)
         s.epoch_seconds += time.perf_counter() - started
 
     def end_epoch(self) -> None:
@@ -268,7 +386,7 @@ class Trainer:
         s = self.state
         live = None
         if self.ema is not None:  # validate the EMA weights, then put the live ones back
-            live = _contiguous(self.model.state_dict())
+            live = _copy(self.model.state_dict())
             self.model.load_state_dict(self.ema)
         val = validate(self.model, self.valid_batches, self.cfg.seed + 20_000)
         improved = val["neg_elbo"] < s.best_score
@@ -293,51 +411,70 @@ class Trainer:
             "val_kl": val["kl"],
             "beta": self.beta(s.global_step),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "seconds": s.epoch_seconds,
-            "images_per_s": sums["n"] / max(s.epoch_seconds, 1e-9),
             "best": improved,
         }
         s.history.append(record)
+        s.timings.append({"epoch": s.epoch + 1, "seconds": s.epoch_seconds, "images_per_s": sums["n"] / max(s.epoch_seconds, 1e-9)})
         s.epoch += 1
         s.step_in_epoch = 0
         s.epoch_seconds = 0.0
         s.epoch_sums = {"loss": 0.0, "neg_elbo": 0.0, "recon": 0.0, "kl": 0.0, "n": 0}
-        patience = int(self.settings.get("patience") or 0)
-        if s.epoch >= int(self.settings["epochs"]) or (patience and s.bad_epochs >= patience):
-            s.finished = True
+        s.finished = self._budget_spent()
         self.save_checkpoint()
         self.write_history()
         if not self.progress:
+            t = s.timings[-1]
             print(
-                f"{self.out}: epoch {record['epoch']} train -ELBO {record['train_neg_elbo']:.3f} "
-                f"val -ELBO {val['neg_elbo']:.3f} ({record['seconds']:.1f} s, {record['images_per_s']:.0f} img/s)",
+                f"{self.out}: epoch {record['epoch']}/{self.train_settings.epochs} train -ELBO {record['train_neg_elbo']:.3f} "
+                f"val -ELBO {val['neg_elbo']:.3f} ({t['seconds']:.1f} s, {t['images_per_s']:.0f} img/s)",
                 file=sys.stderr,
                 flush=True,
             )
 
     def write_history(self) -> None:
-        """train.jsonl from the checkpointed history, written atomically."""
+        """train.jsonl and train_timings.json from the checkpointed history, written atomically."""
         write_text(self.out / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in self.state.history))
+        minutes = (sum(t["seconds"] for t in self.state.timings) + self.state.epoch_seconds) / 60
+        write_json(self.out / TIMINGS_FILE, {"train_minutes": minutes, "epochs": self.state.timings})
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_reason = f"{signal.Signals(signum).name} received"
 
     def run(self) -> dict:
-        """Train to the end (resuming if a checkpoint exists) and write the kept weights."""
+        """Train to the end (resuming if a checkpoint exists) and write the kept weights.
+
+        SIGTERM and SIGUSR1 (a SLURM time limit or preemption) and the time box stop after the current
+        step with a checkpoint, raising TimeBoxReached.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
         if self.load_checkpoint():
             s = self.state
             print(f"{self.out}: resuming from checkpoint at epoch {s.epoch + 1}, step {s.step_in_epoch}", file=sys.stderr, flush=True)
-        while not self.state.finished:
-            self.train_epoch()
-            self.end_epoch()
-        best = load_file(str(self.out / BEST_FILE))
-        save_weights(
-            best,
-            self.out / MODEL_FILE,
-            metadata={"model": self.cfg.variant.name, "best_epoch": self.state.best_epoch},
-        )
+        started_run = time.perf_counter()
+        handlers = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                handlers[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread: no handlers
+                break
+        try:
+            while not self.state.finished:
+                if self._should_stop(started_run):
+                    self.save_checkpoint()
+                    raise TimeBoxReached(f"{self.out}: {self.stop_reason}; checkpoint written at epoch {self.state.epoch}. Rerun the same command to continue")
+                self.train_epoch(started_run)
+                self.end_epoch()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        best = load_safetensors(self.out / BEST_FILE, "the best weights of this run", self._rebuild_hint())
+        metadata = run_metadata(self.cfg, self.state.best_epoch)
+        save_weights(best, self.out / MODEL_FILE, metadata=metadata)
+        write_json(self.out / SETTINGS_FILE, metadata)
         self.write_history()
         return {
             "epochs": self.state.epoch,
             "best_epoch": self.state.best_epoch,
             "best_val_neg_elbo": self.state.best_score,
-            "train_minutes": sum(r["seconds"] for r in self.state.history) / 60,
+            "train_minutes": sum(t["seconds"] for t in self.state.timings) / 60,
         }

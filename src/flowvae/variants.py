@@ -38,11 +38,6 @@ class Variant:
     objective: str = "elbo"  # elbo | iwae
     objective_k: int = 1  # samples per data point in the training objective
 
-    @property
-    def posterior_name(self) -> str:
-        """The name without its objective suffix."""
-        return re.sub(r"_(elbo|iwae)[0-9]+$", "", self.name)
-
 
 def parse_variant(name: str) -> Variant:
     """Parse a variant name; raise ValueError quoting the grammar if it is not one."""

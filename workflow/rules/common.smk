@@ -1,14 +1,29 @@
+import os
 import sys
 
+from snakemake.exceptions import WorkflowError
+
 from flowvae import plan
-from flowvae.schema import validate_params
+from flowvae.config import read_params
+from flowvae.schema import ParamsError, validate_params
 from flowvae.variants import WILDCARD_PATTERN
 
-validate_params(config)
+# params.yaml is read (and validated) here rather than by `configfile:`, so that a syntax error is
+# reported once with file, line and column. `--config profile=...` (or any top-level key) overrides it;
+# `--config params_file=other.yaml` reads another file.
+PARAMS_FILE = config.pop("params_file", "params.yaml")
+PUBLISHED = "reference/paper_results.csv"
+try:
+    _params = {**read_params(PARAMS_FILE), **config}
+    _where = PARAMS_FILE + (f" (with --config {', '.join(sorted(config))})" if config else "")
+    validate_params(_params, source=_where, published=PUBLISHED)
+except ParamsError as exc:
+    raise WorkflowError(str(exc)) from None
+config.update(_params)
 
 PROFILE = config["profile"]
-SETTINGS = config["profiles"][PROFILE]
-FLOWVAE = f"{sys.executable} -m flowvae.cli"
+# The rules call the `flowvae` command of the environment that runs Snakemake.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 RUN = "results/{profile}/{dataset}/{model}/seed{seed}"
 RUN_LOG = "{profile}/{dataset}/{model}/seed{seed}.log"
 
@@ -23,8 +38,12 @@ wildcard_constraints:
 
 def resource(name, default):
     """A per-job resource of a profile, from params.yaml's profiles.<profile>.resources."""
-    return lambda wildcards: config["profiles"][wildcards.profile].get("resources", {}).get(name, default)
+    return lambda wildcards: config["profiles"][wildcards.profile]["resources"].get(name, default)
 
 
-def eval_files(runs):
-    return [run.path(PROFILE, "eval.json") for run in runs]
+def run_of(wildcards):
+    return plan.Run(wildcards.dataset, wildcards.model, int(wildcards.seed))
+
+
+def run_files(runs, profile, names):
+    return [run.path(profile, name) for run in runs for name in names]

@@ -2,10 +2,13 @@ rule prepare:
     """Download (mirror first), verify and prepare one data set for one profile."""
     output:
         expand("{root}/{{profile}}/{{dataset}}/{split}.npz", root=config["data"]["prepared_dir"], split=plan.SPLITS),
+    params:
+        settings=lambda w: plan.param_values(config, plan.prepare_param_keys(config, w.dataset, w.profile)),
+        file=PARAMS_FILE,
     log:
         "logs/prepare/{profile}/{dataset}.log",
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{FLOWVAE} prepare --profile {wildcards.profile} --dataset {wildcards.dataset} > {log} 2>&1"
+        "flowvae prepare --params {params.file} --profile {wildcards.profile} --dataset {wildcards.dataset} > {log} 2>&1"

@@ -1,36 +1,37 @@
-PUBLISHED = "reference/paper_results.csv"
-
-
 localrules:
     summary,
     table,
 
 
 rule summary:
-    """reports/summary.md: every table and figure of the profile."""
+    """reports/<profile>/summary.md: every table and figure of the profile."""
     input:
-        tables=expand("reports/{table}.md", table=plan.table_names(config)),
-        figures="reports/figures",
+        tables=expand("reports/{{profile}}/{table}.md", table=plan.table_names(config)),
+        figures="reports/{profile}/figures",
     output:
-        "reports/summary.md",
+        "reports/{profile}/summary.md",
     log:
-        "logs/report/summary.log",
+        "logs/report/{profile}/summary.log",
     shell:
-        "{FLOWVAE} report summary --out {output} {input.tables} {input.figures} > {log} 2>&1"
+        "flowvae report summary --out {output} {input.tables} {input.figures} > {log} 2>&1"
 
 
 rule table:
     """One results table (Markdown and LaTeX) with the published numbers beside ours."""
     input:
-        evals=lambda w: eval_files(plan.table_runs(config, w.table)),
+        evals=lambda w: run_files(plan.table_runs(config, w.table), w.profile, ["eval.json"]),
+        timings=lambda w: run_files(plan.table_runs(config, w.table), w.profile, ["eval_timings.json", "train_timings.json"]),
         published=PUBLISHED,
     output:
-        md="reports/{table}.md",
-        tex="reports/{table}.tex",
+        md="reports/{profile}/{table}.md",
+        tex="reports/{profile}/{table}.tex",
+    params:
+        spec=lambda w: plan.param_values(config, plan.table_param_keys(w.table)),
+        file=PARAMS_FILE,
     log:
-        "logs/report/{table}.log",
+        "logs/report/{profile}/{table}.log",
     shell:
-        "{FLOWVAE} report table --params params.yaml --profile {PROFILE} --table {wildcards.table}"
+        "flowvae report table --params {params.file} --profile {wildcards.profile} --table {wildcards.table}"
         " --published {input.published} --out-md {output.md} --out-tex {output.tex} {input.evals} > {log} 2>&1"
 
 
@@ -38,14 +39,15 @@ rule figures:
     """The figures notebook, executed by papermill over every run's eval, history and samples."""
     input:
         notebook=config["figures"]["notebook"],
-        evals=eval_files(plan.all_runs(config)),
-        histories=[run.path(PROFILE, "train.jsonl") for run in plan.all_runs(config)],
-        samples=[run.path(PROFILE, "samples.npz") for run in plan.all_runs(config)],
+        runs=lambda w: run_files(plan.all_runs(config), w.profile, ["eval.json", "train.jsonl", "samples.npz"]),
     output:
-        figures=directory("reports/figures"),
-        notebook="reports/figures.ipynb",
+        figures=directory("reports/{profile}/figures"),
+        notebook="reports/{profile}/figures.ipynb",
+    params:
+        spec=lambda w: plan.param_values(config, ["figures"]),
+        file=PARAMS_FILE,
     log:
-        "logs/report/figures.log",
+        "logs/report/{profile}/figures.log",
     shell:
-        "{FLOWVAE} figures --profile {PROFILE} --notebook {input.notebook} --out-dir {output.figures}"
-        " --executed {output.notebook} > {log} 2>&1"
+        "flowvae figures --params {params.file} --profile {wildcards.profile} --notebook {input.notebook}"
+        " --out-dir {output.figures} --executed {output.notebook} > {log} 2>&1"

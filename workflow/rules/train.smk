@@ -1,10 +1,15 @@
 rule train:
-    """Train one (profile, dataset, model, seed); rerunning after a kill resumes from its checkpoint."""
+    """Train one (profile, dataset, model, seed); rerunning after a kill or a time box resumes from its checkpoint."""
     input:
         lambda w: plan.prepared_files(config, w.profile, w.dataset),
     output:
         model=f"{RUN}/model.safetensors",
+        settings=f"{RUN}/settings.json",
         history=f"{RUN}/train.jsonl",
+        timings=f"{RUN}/train_timings.json",
+    params:
+        settings=lambda w: plan.param_values(config, plan.train_param_keys(config, run_of(w), w.profile)),
+        file=PARAMS_FILE,
     log:
         f"logs/train/{RUN_LOG}",
     threads: resource("threads", 1)
@@ -13,5 +18,5 @@ rule train:
         runtime=resource("runtime_min", 120),
         gpu=resource("gpus", 0),
     shell:
-        "{FLOWVAE} train --profile {wildcards.profile} --dataset {wildcards.dataset} --model {wildcards.model}"
-        " --seed {wildcards.seed} --threads {threads} > {log} 2>&1"
+        "flowvae train --params {params.file} --profile {wildcards.profile} --dataset {wildcards.dataset}"
+        " --model {wildcards.model} --seed {wildcards.seed} --threads {threads} --on-change restart > {log} 2>&1"

@@ -1,5 +1,6 @@
 """Normalizing flows: each maps z (..., D) to z' and returns log|det dz'/dz| per sample."""
 
+from flowvae.flows.autoregressive import AutoregressiveAffine
 from flowvae.flows.base import Chain, Flow, Identity
 from flowvae.flows.iaf import IAFStep, iaf
 from flowvae.flows.made import MADE, MaskedLinear
@@ -9,6 +10,7 @@ from flowvae.flows.realnvp import AffineCoupling, real_nvp
 __all__ = [
     "MADE",
     "AffineCoupling",
+    "AutoregressiveAffine",
     "Chain",
     "Flow",
     "IAFStep",

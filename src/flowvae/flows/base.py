@@ -8,7 +8,8 @@ from torch import Tensor, nn
 class Flow(nn.Module):
     """An invertible map of z (..., D) given a per-datapoint context (..., C).
 
-    The context broadcasts against z's leading dimensions, so a (B, C) context serves
+    Flows on feature maps (the ladder's IAF) take z (..., C, H, W) and return log|det| of shape
+    z.shape[:-3]. The context broadcasts against z's leading dimensions, so a (B, C) context serves
     z of shape (B, D) or (S, B, D) without being repeated S times.
     """
 

@@ -10,30 +10,52 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from flowvae.flows.base import Chain, Flow
+from flowvae.flows.autoregressive import AutoregressiveAffine
+from flowvae.flows.base import Chain
 from flowvae.flows.made import MADE
 
 SIGMA_BIAS = 1.5
 
 
-class IAFStep(Flow):
-    """One IAF step with a MADE of width `hidden`."""
+class GatedShift(nn.Module):
+    """(shift, log_scale) of an IAF step from its MADE: ((1 - sigma) m, log sigma), or (m, 0) with sigma fixed."""
+
+    def __init__(self, made: MADE, fixed_sigma: bool) -> None:
+        super().__init__()
+        self.made = made
+        self.fixed_sigma = fixed_sigma
+
+    def forward(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Elementwise shift and log-scale for z."""
+        out = self.made(z, context)
+        if self.fixed_sigma:
+            return out, torch.zeros_like(out)
+        m, s = out.chunk(2, dim=-1)
+        return torch.sigmoid(-s) * m, F.logsigmoid(s)
+
+
+class IAFStep(AutoregressiveAffine):
+    """One IAF step with a MADE of width `hidden` and `layers` hidden layers."""
 
     def __init__(
-        self, dim: int, hidden: int, context_size: int, fixed_sigma: bool = False, reverse: bool = False
+        self,
+        dim: int,
+        hidden: int,
+        context_size: int,
+        fixed_sigma: bool = False,
+        reverse: bool = False,
+        layers: int = 1,
     ) -> None:
-        super().__init__()
-        self.dim = dim
-        self.context_size = context_size
+        order = torch.arange(dim).flip(0) if reverse else torch.arange(dim)
+        made = MADE(dim, hidden, context_size, order, outputs_per_dim=1 if fixed_sigma else 2, layers=layers)
+        super().__init__(GatedShift(made, fixed_sigma), dim, context_size)
         self.fixed_sigma = fixed_sigma
         self.reverse = reverse
-        order = torch.arange(dim).flip(0) if reverse else torch.arange(dim)
-        self.made = MADE(dim, hidden, context_size, order, outputs_per_dim=1 if fixed_sigma else 2)
         if not fixed_sigma:
             with torch.no_grad():
-                self.made.out.bias[dim:].fill_(SIGMA_BIAS)
+                made.out.bias[dim:].fill_(SIGMA_BIAS)
 
     def extra_repr(self) -> str:
         """Settings, for printing."""
@@ -42,35 +64,9 @@ class IAFStep(Flow):
             f"fixed_sigma={self.fixed_sigma}, reverse={self.reverse}"
         )
 
-    def _m_and_log_sigma(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Shift m and log sigma (None when sigma is fixed to 1)."""
-        out = self.made(z, context)
-        if self.fixed_sigma:
-            return out, None
-        m, s = out.chunk(2, dim=-1)
-        return m, F.logsigmoid(s)
 
-    def forward(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        """z' = sigma*z + (1 - sigma)*m, or z + m when sigma is fixed."""
-        m, log_sigma = self._m_and_log_sigma(z, context)
-        if log_sigma is None:
-            return z + m, z.new_zeros(z.shape[:-1])
-        sigma = log_sigma.exp()
-        return sigma * z + (1.0 - sigma) * m, log_sigma.sum(-1)
-
-    def inverse(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Invert by D fixed-point passes; pass k fixes the k-th dimension in the order exactly."""
-        x = z
-        for _ in range(self.dim):
-            m, log_sigma = self._m_and_log_sigma(x, context)
-            x = z - m if log_sigma is None else (z - (1.0 - log_sigma.exp()) * m) * torch.exp(-log_sigma)
-        if log_sigma is None:
-            return x, z.new_zeros(z.shape[:-1])
-        return x, -log_sigma.sum(-1)
-
-
-def iaf(dim: int, depth: int, width: int, context_size: int, fixed_sigma: bool = False) -> Chain:
-    """`depth` IAF steps of MADE width `width`, the order reversed between steps."""
+def iaf(dim: int, depth: int, width: int, context_size: int, fixed_sigma: bool = False, layers: int = 1) -> Chain:
+    """`depth` IAF steps of MADE width `width` and `layers` hidden layers, the order reversed between steps."""
     return Chain(
-        [IAFStep(dim, width, context_size, fixed_sigma, reverse=bool(k % 2)) for k in range(depth)]
+        [IAFStep(dim, width, context_size, fixed_sigma, reverse=bool(k % 2), layers=layers) for k in range(depth)]
     )

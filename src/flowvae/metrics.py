@@ -1,0 +1,94 @@
+"""The metrics a results table can show: how each is read from eval.json, labelled and matched to published numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How one table metric is read from eval.json, labelled and compared with published numbers."""
+
+    key: str
+    md: str
+    tex: str
+    get: Callable[[Mapping[str, Any]], Any]
+    se: Callable[[Mapping[str, Any]], Any] | None = None
+    published: str | None = None
+    digits: int = 2
+    shows_k: bool = False
+
+
+def _field(*path: str) -> Callable[[Mapping[str, Any]], Any]:
+    """A getter for a (nested) eval.json field; None where absent."""
+
+    def get(ev: Mapping[str, Any]) -> Any:
+        value: Any = ev
+        for part in path:
+            if not isinstance(value, Mapping):
+                return None
+            value = value.get(part)
+        return value
+
+    return get
+
+
+def _bpd_se(nats: str, bits: str) -> Callable[[Mapping[str, Any]], Any]:
+    """Standard error in bits/dim, scaled from the nats one by the eval's own bits/nats ratio."""
+
+    def get(ev: Mapping[str, Any]) -> Any:
+        se, value, bpd = ev.get(f"{nats}_se"), ev.get(nats), _field("bits_per_dim", bits)(ev)
+        if se is None or not value or bpd is None:
+            return None
+        return se * bpd / value
+
+    return get
+
+
+def _bpd_gap(ev: Mapping[str, Any]) -> Any:
+    """The ELBO gap in bits/dim."""
+    elbo, nll = _field("bits_per_dim", "neg_elbo")(ev), _field("bits_per_dim", "neg_log_px")(ev)
+    return None if elbo is None or nll is None else elbo - nll
+
+
+METRICS: dict[str, Metric] = {
+    m.key: m
+    for m in (
+        Metric("neg_elbo", "-ELBO", r"$-$ELBO", _field("neg_elbo"), _field("neg_elbo_se"), "neg_elbo"),
+        Metric("neg_log_px", "-log p(x)", r"$-\log p(x)$", _field("neg_log_px"), _field("neg_log_px_se"),
+               "neg_log_px", shows_k=True),
+        Metric("recon", "-log p(x|z)", r"$-\log p(x|z)$", _field("recon"), None, "neg_log_px_given_z"),
+        Metric("kl", "KL", "KL", _field("kl")),
+        Metric("gap", "gap", "gap", _field("gap")),
+        Metric("active_units", "active units", "active units", _field("active_units"), None, "active_units", 0),
+        Metric("n_params", "parameters", "parameters", _field("n_params"), None, None, 0),
+        Metric("train_minutes", "train min", "train min", _field("train_minutes"), None, None, 1),
+        Metric("ess_fraction", "ESS/K", "ESS/$K$", _field("ess_fraction"), None, None, 3),
+        Metric("bits_per_dim_elbo", "-ELBO (bits/dim)", r"$-$ELBO (bits/dim)", _field("bits_per_dim", "neg_elbo"),
+               _bpd_se("neg_elbo", "neg_elbo"), "bits_per_dim_elbo", 3),
+        Metric("bits_per_dim", "-log p(x) (bits/dim)", r"$-\log p(x)$ (bits/dim)",
+               _field("bits_per_dim", "neg_log_px"), _bpd_se("neg_log_px", "neg_log_px"), "bits_per_dim", 3,
+               shows_k=True),
+        Metric("gap_bits_per_dim", "gap (bits/dim)", "gap (bits/dim)", _bpd_gap, None, None, 3),
+    )
+}
+ALIASES = {
+    "neg_log_px_given_z": "recon",
+    "bits_per_dim.neg_elbo": "bits_per_dim_elbo",
+    "bits_per_dim.neg_log_px": "bits_per_dim",
+}
+# `units: bits_per_dim` in a table spec turns the nats metrics into their bits/dim versions.
+BPD_UNITS = {"neg_elbo": "bits_per_dim_elbo", "neg_log_px": "bits_per_dim", "gap": "gap_bits_per_dim"}
+BY_PUBLISHED = {m.published: m for m in METRICS.values() if m.published}
+
+
+def metric(name: str, units: str | None = None) -> Metric:
+    """The Metric for a spec name (or alias); ValueError listing the known ones otherwise."""
+    key = ALIASES.get(name, name)
+    if units == "bits_per_dim":
+        key = BPD_UNITS.get(key, key)
+    if key not in METRICS:
+        raise ValueError(f"unknown table metric {name!r}; known: {', '.join([*METRICS, *ALIASES])}")
+    return METRICS[key]
