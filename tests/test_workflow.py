@@ -37,6 +37,12 @@ def test_params_yaml_is_valid(params):
         (lambda p: p["tables"]["table5"]["rows"].append({"model": "nf0"}), "tables.table5.rows.8.model: unknown model variant 'nf0'"),
         (lambda p: p.update(profile="fast"), "profile: 'fast' is not one of ['paper', 'quick', 'smoke']"),
         (lambda p: p["datasets"]["cifar10"]["files"]["archive"].update(md5="xyz"), "datasets.cifar10.files.archive.md5"),
+        (lambda p: p["tables"]["table1"]["metrics"].append("nll_typo"), "tables.table1.metrics.6: unknown table metric 'nll_typo'"),
+        (lambda p: p["figures"]["latent2d"]["variants"].append("iaf_d2"), "figures.latent2d.variants.4: unknown model variant 'iaf_d2'"),
+        (lambda p: p["tables"]["table1"]["published"].update(primary="kingma"), "tables.table1.published.primary: 'kingma' is not among"),
+        (lambda p: p["profiles"]["smoke"]["eval"].update(K_by_dataset={"mnistt": 4}), "profiles.smoke.eval.K_by_dataset.mnistt: unknown data set"),
+        (lambda p: p["profiles"]["smoke"]["substitute"].update(cifar10="cifar_fake"), "profiles.smoke.substitute.cifar10: unknown data set 'cifar_fake'"),
+        (lambda p: p.pop("code_version"), "'code_version' is a required property"),
     ],
 )
 def test_schema_errors_name_the_key(params, mutate, message):
@@ -128,3 +134,30 @@ def test_invalid_params_stop_snakemake_before_any_job(tmp_path):
     result = run([str(BIN / "snakemake"), "-n", "--config", f"params_file={tmp_path / 'bad.yaml'}", "--", "reports/smoke/table1.md"])
     assert result.returncode != 0
     assert "profiles.smoke.train.epochs: -1 is less than the minimum of 1" in result.stderr + result.stdout
+
+
+def test_a_published_source_typo_is_caught_before_any_job(params):
+    bad = copy.deepcopy(params)
+    bad["tables"]["table1"]["published"]["sources"].append("kingma2061_iaf")
+    with pytest.raises(ParamsError, match="tables.table1.published.sources.2: no published numbers from 'kingma2061_iaf'"):
+        validate_params(bad, published=REPO / "reference/paper_results.csv")
+
+
+def test_each_profile_builds_its_own_reports():
+    """The committed quick tables never stand in for another profile's: a smoke target plans the smoke runs."""
+    assert (REPO / "reports/quick/table1.md").is_file()
+    result = run([str(BIN / "snakemake"), "-n", "--config", "profile=smoke", "--", "reports/smoke/table1.md"])
+    assert result.returncode == 0, result.stderr
+    assert "Nothing to be done" not in result.stdout + result.stderr
+    assert "results/smoke/binarized_mnist/vae/seed0/model.safetensors" in result.stdout
+    assert "reports/quick/" not in result.stdout
+
+
+def test_small_runs_share_a_gpu_by_hundredths(tmp_path, params):
+    shared = copy.deepcopy(params)
+    shared["profiles"]["paper"]["resources"].update(gpus=1, jobs_per_gpu=4)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(shared))
+    target = "results/paper/binarized_mnist/vae/seed0/model.safetensors"
+    result = run([str(BIN / "snakemake"), "-n", "--forceall", "--config", f"params_file={tmp_path / 'p.yaml'}", "--", target])
+    assert result.returncode == 0, result.stderr
+    assert "gpu=1, gpu_hundredths=25" in result.stdout

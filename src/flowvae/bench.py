@@ -1,8 +1,13 @@
 """Throughput benchmark: training images/s and importance samples/s per variant and network.
 
-    python -m flowvae.bench                      # the standard table (MLP and ResNet; ladder r4, r20)
+    python -m flowvae.bench                      # the standard table (quick MLP; paper ResNet; paper ladder r4, r20)
+    python -m flowvae.bench --device cuda        # the same on a GPU, with bf16 and compiled training and peak memory
     python -m flowvae.bench --fast               # fewer repeats, no torch.compile
     python -m flowvae.bench --bf16-check RUN_DIR # |log p(x) change| with a bfloat16 decoder on a trained run
+
+The networks are those of params.yaml: the MLP of the quick profile, the ResNet and the ladder of the
+paper profile. Training goes through the trainer's own step (flowvae.train.make_loss_fn): eager, under
+bfloat16 autocast (`bf16`, on CUDA by default) and compiled (`compiled`, unless --no-compile).
 
 Prints a table and writes JSON (default reports/bench.json). Numbers depend on the machine and
 on whatever else runs on it: run it on an idle machine and report the command with the figures.
@@ -25,16 +30,20 @@ from flowvae.data import Batches
 from flowvae.evaluate import importance_sample
 from flowvae.inference import BFloat16Decoder, has_convolutions, prepare_for_inference
 from flowvae.model import LatentVariableModel
-from flowvae.objectives import objective
+from flowvae.train import make_loss_fn
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
-NETWORKS = {
-    "mlp": {"kind": "mlp", "hidden": 450, "layers": 2, "z_dim": 32, "context_dim": 64},
-    "resnet": {"kind": "resnet", "channels": [16, 32, 32], "dense": 450, "z_dim": 32, "context_dim": 450},
-}
-LADDER = {"channels": 64, "z_channels": 32}
 VARIANTS = ("vae", "nf10", "rnvp5", "iaf_d2_w320")
+LADDERS = ("resvae_r4_iaf", "resvae_r20_iaf")
+
+
+def networks(params_path: str) -> dict[str, dict]:
+    """The benchmarked networks, from params.yaml: quick's MLP, paper's ResNet and ladder."""
+    from flowvae.config import load_params
+
+    profiles = load_params(params_path)["profiles"]
+    return {"mlp": profiles["quick"]["network"], "resnet": profiles["paper"]["network"], "ladder": profiles["paper"]["ladder"]}
 
 
 def _images(shape: tuple[int, int, int], n: int, binary: bool) -> np.ndarray:
@@ -48,25 +57,30 @@ def _binarize(shape: tuple[int, int, int]) -> str:
     return "fixed" if shape == MNIST else "none"
 
 
-def train_rate(model: LatentVariableModel, shape, batch: int, steps: int, device) -> float:
-    """Training images/s over `steps` Adamax steps after two warm-up steps."""
+def train_rate(model: LatentVariableModel, shape, batch: int, steps: int, device, amp: str = "none", compiled: bool = False) -> float:
+    """Training images/s of the trainer's step over `steps` Adamax steps after two warm-up steps (data on the device)."""
     x_all = _images(shape, batch * (steps + 2), shape == MNIST)
-    batches = Batches(x_all, batch, _binarize(shape), shuffle=False)
+    batches = Batches(x_all, batch, _binarize(shape), shuffle=False, device=device)
     opt = torch.optim.Adamax(model.parameters(), lr=2e-3)
+    step = make_loss_fn(model, model.variant, amp, compiled)
+    beta = torch.ones((), device=device)
     model.train()
     start = None
     for i, x in enumerate(batches.epoch(0)):
         if i == 2:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            _sync(device)
             start = time.perf_counter()
-        loss = objective(model(x.to(device)), "elbo").loss
+        loss, _ = step(x, beta)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    _sync(device)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - start)
 
 
 def is_rate(model: LatentVariableModel, shape, n_images: int, K: int, device, max_batch: int) -> float:
@@ -100,17 +114,29 @@ def _likelihood(shape) -> str:
     return "bernoulli" if shape == MNIST else "discretized_logistic"
 
 
-def bench_row(name: str, net_name: str, net: dict, shape, device, fast: bool, compile_decoder: bool) -> dict:
+def bench_row(name: str, net_name: str, net: dict, shape, device, fast: bool, compile_decoder: bool, train_modes: tuple[str, ...]) -> dict:
     """One row of the table."""
     torch.manual_seed(0)
-    model = build_model(name, net, shape, _likelihood(shape)).to(device)
-    model.initialize(torch.from_numpy(_images(shape, 16, shape == MNIST)).float().div(255).to(device))
+    build = lambda: build_model(name, net, shape, _likelihood(shape)).to(device)  # noqa: E731
+    model = build()
+    init = torch.from_numpy(_images(shape, 16, shape == MNIST)).float().div(255).to(device)
+    model.initialize(init)
     conv = has_convolutions(model)
     ladder = model.variant.family == "resvae"
     batch = 16 if ladder else 100
     steps = (3 if fast else 10) if conv else (10 if fast else 40)
     row = {"model": name, "network": net_name, "shape": "x".join(map(str, shape)), "params": count_parameters(model)}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     row["train_images_per_s"] = train_rate(model, shape, batch, steps, device)
+    if device.type == "cuda":
+        row["train_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    for mode in train_modes:  # a fresh model each, so that compiled graphs do not leak into the eager figures
+        fresh = build()
+        fresh.initialize(init)
+        row[f"train_images_per_s_{mode}"] = train_rate(
+            fresh, shape, batch, steps, device, amp="bf16" if mode == "bf16" else "none", compiled=mode == "compiled"
+        )
     prepare_for_inference(model, channels_last=False)
     max_batch = 2_000 if conv else 20_000
     n_images, K = (20, 100) if conv else (200, 128)
@@ -128,16 +154,16 @@ def bench_row(name: str, net_name: str, net: dict, shape, device, fast: bool, co
     return row
 
 
-def run_benchmark(fast: bool, compile_decoder: bool, device) -> list[dict]:
-    """Every row of the standard table."""
+def run_benchmark(fast: bool, compile_decoder: bool, device, nets: dict[str, dict], train_modes: tuple[str, ...], only: str | None = None) -> list[dict]:
+    """Every row of the standard table (or those of one network)."""
+    plan = [(name, net_name, MNIST) for net_name in ("mlp", "resnet") for name in VARIANTS]
+    plan += [(name, "ladder", CIFAR) for name in LADDERS]
     rows = []
-    for net_name, net in NETWORKS.items():
-        for name in VARIANTS:
-            rows.append(bench_row(name, net_name, net, MNIST, device, fast, compile_decoder))
-            print(_format([rows[-1]], header=len(rows) == 1), flush=True)
-    for name in ("resvae_r4_iaf", "resvae_r20_iaf"):
-        rows.append(bench_row(name, "ladder", LADDER, CIFAR, device, fast, compile_decoder))
-        print(_format([rows[-1]], header=False), flush=True)
+    for name, net_name, shape in plan:
+        if only and net_name != only:
+            continue
+        rows.append(bench_row(name, net_name, nets[net_name], shape, device, fast, compile_decoder, train_modes))
+        print(_format([rows[-1]], header=len(rows) == 1), flush=True)
     return rows
 
 
@@ -146,6 +172,9 @@ COLUMNS = [
     ("network", "network", "{}"),
     ("params", "params", "{:,}"),
     ("train_images_per_s", "train img/s", "{:,.0f}"),
+    ("train_images_per_s_bf16", "train bf16", "{:,.0f}"),
+    ("train_images_per_s_compiled", "train compiled", "{:,.0f}"),
+    ("train_peak_mib", "train peak MiB", "{:,.0f}"),
     ("is_samples_per_s_eager", "IS samples/s", "{:,.0f}"),
     ("is_samples_per_s_channels_last", "IS ch-last", "{:,.0f}"),
     ("is_samples_per_s_compiled", "IS compiled", "{:,.0f}"),
@@ -187,8 +216,27 @@ def bf16_check(run_dir: Path, params_path: str, n_images: int, K: int) -> dict:
         results[label] = {"neg_log_px": float(-r["log_px"].mean()), "seconds": time.perf_counter() - start}
     model.decoder = float_decoder
     results["abs_delta_nats"] = abs(results["bfloat16"]["neg_log_px"] - results["float32"]["neg_log_px"])
+    results["training_step"] = amp_step_check(model, cfg.variant, next(test.epoch(0)))
     results.update(run=str(run_dir), n_images=len(test.x), K=K)
     return results
+
+
+def amp_step_check(model: LatentVariableModel, variant, x: torch.Tensor) -> dict:
+    """The training step under bfloat16 autocast against float32 on one batch, same noise: loss change and gradient agreement."""
+    model.train()
+    beta = torch.ones(())
+    grads, losses = {}, {}
+    for amp in ("none", "bf16"):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        loss, _ = make_loss_fn(model, variant, amp)(x, beta)
+        loss.backward()
+        losses[amp] = float(loss)
+        grads[amp] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    model.zero_grad(set_to_none=True)
+    cosine = torch.nn.functional.cosine_similarity(grads["none"], grads["bf16"], dim=0)
+    return {"loss_float32": losses["none"], "loss_bf16": losses["bf16"],
+            "abs_delta_loss": abs(losses["bf16"] - losses["none"]), "gradient_cosine": float(cosine)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--only", choices=["mlp", "resnet", "ladder"], help="benchmark one network's rows")
+    ap.add_argument("--train-modes", default=None,
+                    help="extra training measurements, comma-separated from bf16,compiled (default: both on CUDA, none on CPU)")
     ap.add_argument("--out", default="reports/bench.json")
     ap.add_argument("--bf16-check", metavar="RUN_DIR", help="compare float32 and bfloat16 decoding on a trained run")
     ap.add_argument("--params", default="params.yaml")
@@ -216,10 +267,20 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         write_json(args.out, result)
         return 0
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from flowvae.train import pick_device
+
+    device = pick_device(args.device)
     info["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    if args.train_modes is None:
+        modes = ("bf16",) if device.type == "cuda" else ()
+        modes += ("compiled",) if device.type == "cuda" and not (args.fast or args.no_compile) else ()
+    else:
+        modes = tuple(m for m in args.train_modes.split(",") if m)
+        unknown = set(modes) - {"bf16", "compiled"}
+        if unknown:
+            ap.error(f"--train-modes: unknown {sorted(unknown)}; choose from bf16, compiled")
     print(f"device {info['device']}, {info['threads']} threads, torch {info['torch']}")
-    rows = run_benchmark(args.fast, compile_decoder=not (args.fast or args.no_compile), device=device)
+    rows = run_benchmark(args.fast, not (args.fast or args.no_compile), device, networks(args.params), modes, args.only)
     write_json(args.out, {**info, "rows": rows})
     print(f"wrote {args.out}")
     return 0

@@ -134,6 +134,24 @@ class TrainState:
 _SUM_KEYS = ("loss", "neg_elbo", "recon", "kl")
 
 
+def make_loss_fn(model: LatentVariableModel, variant, amp: str = "none", compiled: bool = False):
+    """f(x, beta) -> (loss to minimise, float64 tensor of loss, -ELBO, recon, KL): one training step's forward.
+
+    amp "bf16" runs it under bfloat16 autocast; `compiled` wraps it in torch.compile. Nothing in it
+    waits for the device, so a training step never synchronises with the host.
+    """
+
+    def forward_loss(x: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
+        with autocast:
+            out = model(x, n_samples=variant.objective_k)
+            loss = objective(out, variant.objective, beta=beta, free_bits=model.free_bits)
+        terms = torch.stack([loss.loss.detach(), loss.neg_elbo, loss.recon, loss.kl]).double()
+        return loss.loss, terms
+
+    return torch.compile(forward_loss) if compiled else forward_loss
+
+
 def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for name, value in model.state_dict().items():
@@ -204,8 +222,7 @@ class Trainer:
         self.optimizer = optimizer(self.model.parameters(), lr=float(t.lr), betas=tuple(t.betas))
         self.ema = _copy(self.model.state_dict()) if t.ema > 0 else None
         self.state = TrainState()
-        self.amp_dtype = torch.bfloat16 if t.amp == "bf16" else None
-        self.forward_loss = torch.compile(self._forward_loss) if compile_step else self._forward_loss
+        self.forward_loss = make_loss_fn(self.model, cfg.variant, t.amp, compile_step)
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, sums: torch.Tensor | None = None) -> None:
@@ -298,16 +315,6 @@ class Trainer:
         if warmup <= 0:
             return 1.0
         return min(1.0, step / (warmup * len(self.train_batches)))
-
-    def _forward_loss(self, x: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss to minimise and the logged terms (loss, -ELBO, recon, KL) of one batch."""
-        v = self.cfg.variant
-        autocast = torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
-        with autocast:
-            out = self.model(x, n_samples=v.objective_k)
-            loss = objective(out, v.objective, beta=beta, free_bits=self.model.free_bits)
-        terms = torch.stack([loss.loss.detach(), loss.neg_elbo, loss.recon, loss.kl]).double()
-        return loss.loss, terms
 
     def _store_sums(self, sums: torch.Tensor) -> None:
         """Copy the device-side running sums (float64, exact as Python floats) into the checkpointable state."""
@@ -459,7 +466,7 @@ class Trainer:
                 break
         try:
             while not self.state.finished:
-                if self._should_stop(started_run):
+                if self.stop_reason is not None:  # a signal during validation; the time box is looked at after each step
                     self.save_checkpoint()
                     raise TimeBoxReached(f"{self.out}: {self.stop_reason}; checkpoint written at epoch {self.state.epoch}. Rerun the same command to continue")
                 self.train_epoch(started_run)

@@ -23,7 +23,7 @@ config.update(_params)
 
 PROFILE = config["profile"]
 # The rules call the `flowvae` command of the environment that runs Snakemake.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+shell.prefix(f'export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
 RUN = "results/{profile}/{dataset}/{model}/seed{seed}"
 RUN_LOG = "{profile}/{dataset}/{model}/seed{seed}.log"
 
@@ -39,6 +39,12 @@ wildcard_constraints:
 def resource(name, default):
     """A per-job resource of a profile, from params.yaml's profiles.<profile>.resources."""
     return lambda wildcards: config["profiles"][wildcards.profile]["resources"].get(name, default)
+
+
+def gpu_share(wildcards):
+    """Hundredths of a GPU a job takes: `snakemake --resources gpu_hundredths=100` runs jobs_per_gpu jobs on one GPU."""
+    r = config["profiles"][wildcards.profile]["resources"]
+    return 100 * r.get("gpus", 0) // r.get("jobs_per_gpu", 1)
 
 
 def run_of(wildcards):

@@ -17,6 +17,7 @@ rule train:
         mem_mb=resource("mem_mb", 4000),
         runtime=resource("runtime_min", 120),
         gpu=resource("gpus", 0),
+        gpu_hundredths=gpu_share,
     shell:
         "flowvae train --params {params.file} --profile {wildcards.profile} --dataset {wildcards.dataset}"
         " --model {wildcards.model} --seed {wildcards.seed} --threads {threads} --on-change restart > {log} 2>&1"
