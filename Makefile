@@ -3,9 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
-TARGET ?= reports/table1.md
+TARGET ?= reports/quick/table1.md
 
-.PHONY: setup run test smoke bench clean-venv
+.PHONY: setup run test lint smoke bench clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ test: setup
 	$(BIN)/python -m pytest
 
 smoke: setup
-	$(BIN)/snakemake --cores $(CORES) --config profile=smoke -- reports/summary.md
+	$(BIN)/snakemake --cores $(CORES) --config profile=smoke -- reports/smoke/summary.md
+
+# snakemake --lint: any finding but the missing conda/container directive fails.
+lint: setup
+	$(BIN)/snakemake --lint > .lint.txt 2>&1 || true
+	@$(BIN)/python -c "import re, sys; t = open('.lint.txt').read(); f = [l.strip() for l in t.splitlines() if re.match(r'\s*\* ', l) and 'conda environment or container' not in l]; print('snakemake --lint:', *(f or ['no findings besides the conda/container directive']), sep='\n  '); sys.exit(1 if f else 0)"
+	@rm -f .lint.txt
 
 bench: setup
 	$(BIN)/python -m flowvae.bench
