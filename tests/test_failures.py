@@ -137,7 +137,7 @@ def test_two_identical_trainings_give_identical_bytes(tmp_path):
     for name in ("a", "b"):
         Trainer(cfg_from(path, "iaf_d1_w16"), tmp_path / name).run()
         evaluate(cfg_from(path, "iaf_d1_w16"), tmp_path / name)
-    for artifact in ("model.safetensors", "settings.json", "train.jsonl", "eval.json", "samples.npz"):
+    for artifact in ("model.safetensors", "settings.json", "train.jsonl", "train_curves.csv", "eval.json", "samples.npz"):
         assert _sha(tmp_path / "a" / artifact) == _sha(tmp_path / "b" / artifact), artifact
     assert _sha(tmp_path / "a/train_timings.json") != _sha(tmp_path / "b/train_timings.json")  # wall clock lives there
 

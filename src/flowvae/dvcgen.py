@@ -21,6 +21,8 @@ PROFILE = "${profile}"
 RUN = "results/${profile}/${item.dataset}/${item.model}/seed${item.seed}"
 REPORTS = "reports/${profile}"
 PUBLISHED = "reference/paper_results.csv"
+CURVES_FILE = "train_curves.csv"  # train.jsonl's curves as CSV, written by `flowvae train` beside it: DVC plots read no JSON lines
+CURVES = ("train_neg_elbo", "val_neg_elbo")  # the columns the top-level plots draw against epoch
 
 
 def _runs_foreach(runs: list[plan.Run]) -> dict:
@@ -56,9 +58,8 @@ def dvc_stages(params: dict) -> dict:
                 "cmd": f"flowvae train {run_args} --on-change restart",
                 "deps": [f"{prepared}/${{profile}}/${{item.dataset}}"],
                 "params": plan.train_param_keys(params, group[0], PROFILE),
-                "outs": [f"{RUN}/model.safetensors", {f"{RUN}/settings.json": {"cache": False}},
-                         {f"{RUN}/train_timings.json": {"cache": False}}],
-                "plots": [{f"{RUN}/train.jsonl": {"cache": False, "x": "epoch", "y": "val_neg_elbo"}}],
+                "outs": [f"{RUN}/model.safetensors", *_no_cache([f"{RUN}/settings.json", f"{RUN}/train_timings.json",
+                                                                f"{RUN}/train.jsonl", f"{RUN}/{CURVES_FILE}"])],
             },
         }
     stages["evaluate"] = {
@@ -99,7 +100,33 @@ def dvc_stages(params: dict) -> dict:
         "deps": [*tables, f"{REPORTS}/figures"],
         "outs": _no_cache([f"{REPORTS}/summary.md"]),
     }
-    return {"stages": stages}
+    return {"stages": stages, "plots": dvc_plots(params)}
+
+
+def dvc_plots(params: dict) -> list[dict]:
+    """Top-level plots: the training curves (train and validation -ELBO per epoch) of each table's runs.
+
+    One plot per table, and one for the figures' extra runs, over the train_curves.csv of every run it
+    reads; `dvc plots show` renders them with the linear template, one line per run and column.
+    """
+    groups = {t: (plan.table_runs(params, t), params["tables"][t].get("title") or t) for t in plan.table_names(params)}
+    in_tables = {r for runs, _ in groups.values() for r in runs}
+    extra = [r for r in plan.figure_runs(params) if r not in in_tables]
+    if extra:
+        groups["latent2d"] = (extra, "the figures' 2-D latent models")
+    plots = []
+    for name, (runs, title) in groups.items():
+        plots.append({
+            f"training_curves_{name}": {
+                "template": "linear",
+                "title": f"{name}: {title}, -ELBO per epoch (${{profile}})",
+                "x": "epoch",
+                "y": {r.path(PROFILE, CURVES_FILE): list(CURVES) for r in runs},
+                "x_label": "epoch",
+                "y_label": "-ELBO [nats], train and validation",
+            }
+        })
+    return plots
 
 
 def dvc_yaml_text(params: dict) -> str:

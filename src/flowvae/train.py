@@ -8,6 +8,7 @@ weights_only=True) and `checkpoint/best.safetensors`. The finished run adds:
                        as metadata (key `flowvae`: JSON with sorted keys);
 - settings.json        the same record, readable: {"settings": run_settings(), "commit", "best_epoch"};
 - train.jsonl          one line per epoch, no wall-clock fields (the same bytes for the same run);
+- train_curves.csv     its -ELBO, reconstruction and KL columns as CSV, for `dvc plots show` (DVC reads no JSON lines);
 - train_timings.json   seconds and images/s per epoch, and train_minutes.
 
 Rerunning the same command after a kill, a time box or a signal continues from the last checkpoint
@@ -51,8 +52,16 @@ BEST_FILE = "checkpoint/best.safetensors"
 MODEL_FILE = "model.safetensors"
 SETTINGS_FILE = "settings.json"
 HISTORY_FILE = "train.jsonl"
+CURVES_FILE = "train_curves.csv"
+CURVE_COLUMNS = ("epoch", "train_neg_elbo", "val_neg_elbo", "train_recon", "val_recon", "train_kl", "val_kl")
 TIMINGS_FILE = "train_timings.json"
 CHECK_EVERY = 50  # steps between looks at the loss on the host (NaN guard, progress bar)
+
+
+def curves_csv(history: list[dict]) -> str:
+    """The CURVE_COLUMNS of a history as CSV, one row per epoch; an absent value is an empty cell."""
+    rows = [CURVE_COLUMNS, *([r.get(c) for c in CURVE_COLUMNS] for r in history)]
+    return "".join(",".join("" if v is None else str(v) for v in row) + "\n" for row in rows)
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -439,8 +448,9 @@ class Trainer:
             )
 
     def write_history(self) -> None:
-        """train.jsonl and train_timings.json from the checkpointed history, written atomically."""
+        """train.jsonl, train_curves.csv and train_timings.json from the checkpointed history, written atomically."""
         write_text(self.out / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in self.state.history))
+        write_text(self.out / CURVES_FILE, curves_csv(self.state.history))
         minutes = (sum(t["seconds"] for t in self.state.timings) + self.state.epoch_seconds) / 60
         write_json(self.out / TIMINGS_FILE, {"train_minutes": minutes, "epochs": self.state.timings})
 

@@ -3,6 +3,10 @@ localrules:
     table,
 
 
+# The figures are named <kind>_<dataset>.png; data set names contain underscores, so the data set is matched by name.
+FIGURE_PATTERN = "{kind}_{dataset,%s}.png" % "|".join(sorted(config["datasets"], key=len, reverse=True))
+
+
 rule summary:
     """reports/<profile>/summary.md: every table and figure of the profile."""
     input:
@@ -23,8 +27,21 @@ rule table:
         timings=lambda w: run_files(plan.table_runs(config, w.table), w.profile, ["eval_timings.json", "train_timings.json"]),
         published=PUBLISHED,
     output:
-        md="reports/{profile}/{table}.md",
-        tex="reports/{profile}/{table}.tex",
+        # `snakemake --report report.html`: each table in "Tables", captioned from its own title and text.
+        md=report(
+            "reports/{profile}/{table}.md",
+            caption="../report/table.rst",
+            category="Tables",
+            subcategory="{table}",
+            labels={"table": "{table}", "format": "Markdown"},
+        ),
+        tex=report(
+            "reports/{profile}/{table}.tex",
+            caption="../report/table.rst",
+            category="Tables",
+            subcategory="{table}",
+            labels={"table": "{table}", "format": "LaTeX"},
+        ),
     params:
         spec=lambda w: plan.param_values(config, plan.table_param_keys(w.table)),
         file=PARAMS_FILE,
@@ -41,7 +58,15 @@ rule figures:
         notebook=config["figures"]["notebook"],
         runs=lambda w: run_files(plan.all_runs(config), w.profile, ["eval.json", "train.jsonl", "samples.npz"]),
     output:
-        figures=directory("reports/{profile}/figures"),
+        # Every PNG of the folder in the report's "Figures", one subcategory per data set.
+        figures=report(
+            directory("reports/{profile}/figures"),
+            patterns=[FIGURE_PATTERN],
+            caption="../report/figure.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={"figure": "{kind}", "data set": "{dataset}"},
+        ),
         notebook="reports/{profile}/figures.ipynb",
     params:
         spec=lambda w: plan.param_values(config, ["figures"]),

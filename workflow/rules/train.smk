@@ -6,6 +6,7 @@ rule train:
         model=f"{RUN}/model.safetensors",
         settings=f"{RUN}/settings.json",
         history=f"{RUN}/train.jsonl",
+        curves=f"{RUN}/train_curves.csv",
         timings=f"{RUN}/train_timings.json",
     params:
         settings=lambda w: plan.param_values(config, plan.train_param_keys(config, run_of(w), w.profile)),
