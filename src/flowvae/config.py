@@ -52,7 +52,7 @@ def profile_settings(params: dict, profile: str) -> dict:
 
 def source_dataset(params: dict, profile: str, dataset: str) -> str:
     """The data set whose files a profile prepares under a data set's name (smoke: synthetic for CIFAR-10)."""
-    source = (profile_settings(params, profile).get("substitute") or {}).get(dataset, dataset)
+    source = profile_settings(params, profile)["substitute"].get(dataset, dataset)
     datasets = params.get("datasets", {})
     if source not in datasets:
         raise ValueError(f"dataset: {source!r} is not one of {sorted(datasets)}")
@@ -61,7 +61,7 @@ def source_dataset(params: dict, profile: str, dataset: str) -> str:
 
 def candidate_sources(params: dict, dataset: str) -> list[str]:
     """The data set and every stand-in any profile substitutes for it: the entries its runs depend on."""
-    stand_ins = {(p.get("substitute") or {}).get(dataset) for p in params["profiles"].values()}
+    stand_ins = {p["substitute"].get(dataset) for p in params["profiles"].values()}
     return [dataset, *sorted(s for s in stand_ins if s and s != dataset)]
 
 
@@ -86,7 +86,7 @@ def resolved_network(params: dict, profile: str, dataset: str, variant: Variant)
 
     settings = profile_settings(params, profile)
     if variant.family == "resvae":
-        return ladder_settings(dict(settings.get("ladder") or {}))
+        return ladder_settings(dict(settings["ladder"]))
     network = copy.deepcopy(settings["network"])
     network.update(params["datasets"][source_dataset(params, profile, dataset)].get("network", {}))
     return net_settings(network)
@@ -109,7 +109,7 @@ def run_settings(params: dict, profile: str, dataset: str, model: str, seed: int
         "model": model,
         "seed": int(seed),
         "data": copy.deepcopy(params["datasets"][source]),
-        "subset": copy.deepcopy(settings.get("subset")),
+        "subset": copy.deepcopy(settings["subset"]),
         "network": resolved_network(params, profile, dataset, variant),
         "train": TrainSettings.from_params(settings["train"]).record(),
     }
@@ -167,6 +167,6 @@ def run_config(params: dict, profile: str, dataset: str, model: str, seed: int) 
     return config_from_record(
         run_settings(params, profile, dataset, model, seed),
         EvalSettings.from_params(settings["eval"]),
-        Resources.from_params(settings.get("resources")),
+        Resources.from_params(settings["resources"]),
         prepared_dir(params, profile, dataset),
     )

@@ -43,7 +43,7 @@ from flowvae.data import Batches, load_split
 from flowvae.model import LatentVariableModel
 from flowvae.objectives import objective
 from flowvae.provenance import code_commit
-from flowvae.safeload import METADATA_KEY, load_safetensors, load_state
+from flowvae.safeload import METADATA_KEY, CorruptFileError, load_safetensors, load_state
 from flowvae.errors import NonFiniteLoss, SettingsChanged, TimeBoxReached
 from flowvae.settings import TrainSettings, describe_diff, diff_settings
 
@@ -261,7 +261,7 @@ class Trainer:
         payload = load_state(path, self.device, "a flowvae training checkpoint", self._rebuild_hint())
         missing = [k for k in ("model", "optimizer", "state", "rng_cpu") if k not in payload]
         if missing:
-            raise SettingsChanged(f"{path} is not a flowvae training checkpoint (it lacks {missing}); {self._rebuild_hint()}")
+            raise CorruptFileError(f"{path} is corrupt or not a flowvae training checkpoint (it lacks {missing}); {self._rebuild_hint()}")
         recorded = json.loads(payload.get("settings") or "{}")
         changes = diff_settings(recorded, self.cfg.record)
         blocking = [c for c in changes if c[0] not in {f"train.{k}" for k in TrainSettings.EXTENDABLE}]

@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 from flowvae import plan
 from flowvae.config import read_params
 from flowvae.schema import ParamsError, validate_params
+from flowvae.settings import Resources as JobResources
 from flowvae.variants import WILDCARD_PATTERN
 
 # params.yaml is read (and validated) here rather than by `configfile:`, so that a syntax error is
@@ -36,15 +37,20 @@ wildcard_constraints:
     table=r"table\d+",
 
 
-def resource(name, default):
+def resources_of(profile):
+    """The typed resources of a profile (their defaults live in flowvae.settings.Resources)."""
+    return JobResources.from_params(config["profiles"][profile]["resources"])
+
+
+def resource(name):
     """A per-job resource of a profile, from params.yaml's profiles.<profile>.resources."""
-    return lambda wildcards: config["profiles"][wildcards.profile]["resources"].get(name, default)
+    return lambda wildcards: getattr(resources_of(wildcards.profile), name)
 
 
 def gpu_share(wildcards):
     """Hundredths of a GPU a job takes: `snakemake --resources gpu_hundredths=100` runs jobs_per_gpu jobs on one GPU."""
-    r = config["profiles"][wildcards.profile]["resources"]
-    return 100 * r.get("gpus", 0) // r.get("jobs_per_gpu", 1)
+    r = resources_of(wildcards.profile)
+    return 100 * r.gpus // r.jobs_per_gpu
 
 
 def run_of(wildcards):

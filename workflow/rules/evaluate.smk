@@ -14,11 +14,11 @@ rule evaluate:
         file=PARAMS_FILE,
     log:
         f"logs/evaluate/{RUN_LOG}",
-    threads: resource("threads", 1)
+    threads: resource("threads")
     resources:
-        mem_mb=resource("mem_mb", 4000),
-        runtime=resource("runtime_min", 120),
-        gpu=resource("gpus", 0),
+        mem_mb=resource("mem_mb"),
+        runtime=resource("runtime_min"),
+        gpu=resource("gpus"),
         gpu_hundredths=gpu_share,
     shell:
         "flowvae evaluate --params {params.file} --profile {wildcards.profile} --dataset {wildcards.dataset}"
