@@ -102,6 +102,10 @@ CHANGES = {
     "resources": (lambda p: p["profiles"]["smoke"]["resources"].update(threads=2, mem_mb=1000, gpus=1), set()),
     "the ladder settings (no ladder run here)": (lambda p: p["profiles"]["smoke"]["ladder"].update(channels=4), set()),
     "code_version": (lambda p: p.update(code_version=2), ALL_RUNS | TABLES),
+    "one table's budget": (
+        lambda p: p["budgets"]["iwae_table"]["profiles"].append("smoke"),
+        {("train", RUN6), ("evaluate", RUN6), ("table", "table6")},
+    ),
     "one table's spec": (lambda p: p["tables"]["table1"].update(title="renamed"), {("table", "table1")}),
     "the published numbers": ("published", TABLES),
 }

@@ -74,6 +74,13 @@ def _column(markdown: str, name: str) -> list[str]:
     return [row[index] for row in _md_rows(markdown)]
 
 
+def _published_of(markdown: str, name: str) -> list[str]:
+    """The 'published' column that follows a metric's column."""
+    header = _md_header(markdown)
+    index = header.index("published", header.index(name))
+    return [row[index] for row in _md_rows(markdown)]
+
+
 def test_load_published_types(published: pd.DataFrame) -> None:
     assert published["value"].dtype == float
     assert published["table"].isna().sum() == 1
@@ -84,35 +91,49 @@ def test_single_seed_rows_published_and_differences(published: pd.DataFrame) -> 
              _eval("nf4"), _eval("vae", dataset="cifar10")]
     md, tex = report.build_table("table1", SPEC, evals, published, CONTEXT)
     assert [row[0] for row in _md_rows(md)] == ["vae", "iaf_d2_w320", "vae_elbo5"]
-    assert _column(md, "-log p(x) (K=128)") == ["81.00 ± 0.05", "80.00 ± 0.05", "81.70 ± 0.05"]
+    assert _md_header(md) == ["model", "-ELBO", "published", "Δ -ELBO", "-log p(x)", "published", "Δ -log p(x)",
+                              "gap", "active units", "parameters", "train min"]
+    assert _column(md, "-log p(x)") == ["81.00 ± 0.05", "80.00 ± 0.05", "81.70 ± 0.05"]
     assert _column(md, "-ELBO")[0] == "84.10 ± 0.21"
     assert _column(md, "active units")[0] == "20/32"
     assert _column(md, "parameters")[0] == "1,234,567"
-    assert _column(md, "paper_a -log p(x)") == ["81.08", "79.77", "—"]
-    assert _column(md, "replication_b -log p(x)") == ["83.22", "—", "82.50"]
-    assert _column(md, "paper_a -ELBO") == ["84.08", "—", "—"]
-    assert f"{80.00 - 79.77:+.2f}" == "+0.23"
-    assert _column(md, "Δ paper_a -log p(x)") == [f"{81.00 - 81.08:+.2f}", "+0.23", "—"]
-    assert _column(md, "Δ paper_a -ELBO")[0] == f"{84.10 - 84.08:+.2f}"
-    assert not any("other_c" in h for h in _md_header(md))
+    # one published column per metric, from the primary (first) source; the other source in the caption
+    assert _published_of(md, "-log p(x)") == ["81.08", "79.77", "—"]
+    assert _published_of(md, "-ELBO") == ["84.08", "—", "—"]
+    assert _column(md, "Δ -log p(x)") == [f"{81.00 - 81.08:+.2f}", f"{80.00 - 79.77:+.2f}", "—"]
+    assert _column(md, "Δ -ELBO")[0] == f"{84.10 - 84.08:+.2f}"
+    assert "Also published (replication_b, -log p(x)): vae 83.22, vae_k5 82.50." in md
+    assert "'published' columns: -ELBO: paper_a; -log p(x): paper_a" in md
+    assert "other_c" not in md
     assert "seeds" not in _md_header(md)
-    for fact in ("quick", "binarized_mnist", "30 epochs", "K = 128", "seeds 0", "abc1234", "standard error"):
+    for fact in ("quick", "binarized_mnist", "30 epochs", "K = 128", "seeds 0", "abc1234", "standard error", "nats"):
         assert fact in md, fact
+    assert md.count("K = ") == 1 and "K=" not in md  # K named once, in the caption
     assert "iaf_d8_w1920" in md  # published but without a row: named in the notes
     assert "vae_elbo5 as vae_k5" in md
 
 
-def test_mean_and_std_over_two_seeds(published: pd.DataFrame) -> None:
-    spec = {**SPEC, "rows": [{"model": "vae"}], "metrics": ["neg_log_px", "active_units"]}
-    evals = [_eval("vae", 0, neg_log_px=81.0, active_units=20), _eval("vae", 1, neg_log_px=81.5, active_units=21)]
+def test_several_seeds_mean_standard_error_and_sd_over_seeds(published: pd.DataFrame) -> None:
+    spec = {**SPEC, "rows": [{"model": "vae", "seeds": [0, 1]}, {"model": "iaf_d2_w320"}],
+            "metrics": ["neg_log_px", "active_units"]}
+    evals = [_eval("vae", 0, neg_log_px=81.0, neg_log_px_se=0.04, active_units=20),
+             _eval("vae", 1, neg_log_px=81.5, neg_log_px_se=0.06, active_units=21), _eval("iaf_d2_w320")]
     md, _ = report.build_table("table1", spec, evals, published, CONTEXT)
     mean, sd = statistics.fmean([81.0, 81.5]), statistics.stdev([81.0, 81.5])
-    assert _column(md, "-log p(x) (K=128)") == [f"{mean:.2f} ± {sd:.2f}"]
-    assert _column(md, "active units") == [f"20.5 ± {statistics.stdev([20, 21]):.1f} / 32"]
-    assert _column(md, "seeds") == ["2"]
-    assert _column(md, "Δ paper_a -log p(x)") == [f"{mean - 81.08:+.2f}"]
-    assert "mean ± standard deviation over 2 seeds" in md
+    assert _column(md, "-log p(x)") == [f"{mean:.2f} ± 0.05", "81.00 ± 0.05"]
+    assert _column(md, "sd over seeds") == [f"{sd:.2f}", "—"]
+    assert _column(md, "active units") == ["20.5/32", "20/32"]
+    assert _column(md, "seeds") == ["2", "1"]
+    assert _column(md, "Δ -log p(x)") == [f"{mean - 81.08:+.2f}", f"{81.00 - 79.77:+.2f}"]
+    assert "mean over seeds; ± is the standard error over test points" in md
     assert "seeds 0, 1" in md
+
+
+def test_a_budget_is_named_in_the_caption(published: pd.DataFrame) -> None:
+    context = {**CONTEXT, "budget": "budget short: epochs 15 instead of 80"}
+    md, tex = report.build_table("table1", {**SPEC, "rows": [{"model": "vae"}]}, [_eval("vae", epochs=15)], published, context)
+    assert "reduced budget (budget short: epochs 15 instead of 80), 15 epochs run" in md
+    assert "epochs 15 instead of 80" in tex
 
 
 def test_missing_eval_names_the_model(published: pd.DataFrame) -> None:
@@ -143,9 +164,10 @@ def test_bits_per_dim_table_uses_bits_fields(tmp_path: Path) -> None:
     ev = _eval("vae", dataset="cifar10", neg_log_px=4500.0, neg_log_px_se=3.0,
                bits_per_dim={"neg_elbo": 6.500, "neg_log_px": 6.450})
     md, _ = report.build_table("table3", spec, [ev], report.load_published(csv), {"profile": "quick"})
-    assert _column(md, "-log p(x) (bits/dim) (K=128)") == [f"6.450 ± {3.0 * 6.45 / 4500:.3f}"]
-    assert _column(md, "rep -ELBO (bits/dim)") == ["6.460"]
-    assert _column(md, "Δ rep -log p(x) (bits/dim)") == [f"{6.450 - 6.431:+.3f}"]
+    assert _column(md, "-log p(x) (bits/dim)") == [f"6.450 ± {3.0 * 6.45 / 4500:.3f}"]
+    assert _published_of(md, "-ELBO (bits/dim)") == ["6.460"]
+    assert _column(md, "Δ -log p(x) (bits/dim)") == [f"{6.450 - 6.431:+.3f}"]
+    assert "bits/dim." in md
 
 
 def test_reconstruction_metric_maps_to_published_neg_log_px_given_z(tmp_path: Path) -> None:
@@ -154,9 +176,9 @@ def test_reconstruction_metric_maps_to_published_neg_log_px_given_z(tmp_path: Pa
                    "rnvp,5,binarized_mnist,nf4,neg_log_px_given_z,65.5,\n")
     spec = {"dataset": "binarized_mnist", "rows": ["nf4"], "metrics": ["recon"], "published": {"tables": [5]}}
     md, tex = report.build_table("table5", spec, [_eval("nf4", recon=60.25)], report.load_published(csv), {})
-    assert _md_header(md)[1:] == [r"-log p(x\|z)", r"rnvp -log p(x\|z)", r"Δ rnvp -log p(x\|z)"]
+    assert _md_header(md)[1:] == [r"-log p(x\|z)", "published", r"Δ -log p(x\|z)"]
     assert _md_rows(md) == [["nf4", "60.25", "65.50", f"{60.25 - 65.5:+.2f}"]]
-    assert r"$\Delta$ rnvp $-\log p(x|z)$" in tex
+    assert r"$\Delta$ $-\log p(x|z)$" in tex and "rnvp" in tex
 
 
 def test_latex_booktabs_escaping_caption(published: pd.DataFrame) -> None:
@@ -164,7 +186,7 @@ def test_latex_booktabs_escaping_caption(published: pd.DataFrame) -> None:
     _, tex = report.build_table("table1", SPEC, evals, published, CONTEXT)
     assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
     assert r"iaf\_d2\_w320" in tex and "iaf_d2_w320" not in tex.replace(r"\_", "")
-    assert r"paper\_a $-\log p(x)$" in tex
+    assert r"$\Delta$ $-\log p(x)$" in tex and r"paper\_a" in tex
     assert r"81.00 $\pm$ 0.05" in tex
     assert r"\caption[" in tex and r"binarized\_mnist" in tex and "abc1234" in tex
     assert r"\label{tab:table1}" in tex

@@ -133,7 +133,9 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
     params = _params(args)
     profile = args.profile or params["profile"]
-    runs = plan.all_runs(params)
+    if args.summary not in plan.summary_names(params):
+        raise ValueError(f"--summary: {args.summary!r} is not one of {plan.summary_names(params)}")
+    runs = plan.summary_runs(params, args.summary)
     parameters = {
         "eval_files": [r.path(profile, "eval.json") for r in runs],
         "train_files": [r.path(profile, "train.jsonl") for r in runs],
@@ -157,6 +159,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from flowvae import report
 
     return report.main([args.kind, *args.rest])
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from flowvae import status
+
+    return status.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebook", default="workflow/notebooks/figures.ipynb")
     p.add_argument("--out-dir", default="reports/figures")
     p.add_argument("--executed", default="reports/figures.ipynb", help="where the executed notebook is saved")
+    p.add_argument("--summary", default="summary", help="draw the runs of this summary page (default: every run)")
     p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("dvc-yaml", help="regenerate dvc.yaml from params.yaml")
@@ -204,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["table", "summary"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the options of `flowvae report KIND`")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("status", help="each run's state, epoch and ETA, read from the run folders (--watch to follow)")
+    from flowvae.status import add_arguments as status_arguments
+
+    status_arguments(p)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("validate", help="check params.yaml against the schema and every name it refers to")
     _params_arg(p)

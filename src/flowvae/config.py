@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,31 @@ def resolved_network(params: dict, profile: str, dataset: str, variant: Variant)
     return net_settings(network)
 
 
+def matching_budgets(params: dict, dataset: str, model: str, profile: str | None = None) -> list[str]:
+    """The names of the budgets that apply to a run, in params.yaml order.
+
+    A budget (budgets.<name>) matches a run when its `datasets` list the run's data set and, if it has
+    `models`, one of those glob patterns matches the model name; with `profile`, also when its
+    `profiles` list that profile. Without `profile`: every budget that could apply in some profile
+    (what a training's params keys list, the same in every profile, as dvc.yaml needs).
+    """
+    return [
+        name
+        for name, budget in (params.get("budgets") or {}).items()
+        if dataset in budget["datasets"]
+        and any(fnmatch.fnmatchcase(model, pattern) for pattern in budget.get("models", ["*"]))
+        and (profile is None or profile in budget["profiles"])
+    ]
+
+
+def resolved_train(params: dict, profile: str, dataset: str, model: str) -> TrainSettings:
+    """The profile's train block, updated by every budget that matches the run (later ones win)."""
+    block = copy.deepcopy(profile_settings(params, profile)["train"])
+    for name in matching_budgets(params, dataset, model, profile):
+        block.update(params["budgets"][name]["train"])
+    return TrainSettings.from_params(block)
+
+
 def run_settings(params: dict, profile: str, dataset: str, model: str, seed: int, code_version: Any = None) -> dict:
     """Everything that determines what a training computes, fully resolved: the run's settings record.
 
@@ -111,7 +137,7 @@ def run_settings(params: dict, profile: str, dataset: str, model: str, seed: int
         "data": copy.deepcopy(params["datasets"][source]),
         "subset": copy.deepcopy(settings["subset"]),
         "network": resolved_network(params, profile, dataset, variant),
-        "train": TrainSettings.from_params(settings["train"]).record(),
+        "train": resolved_train(params, profile, dataset, model).record(),
     }
 
 

@@ -3,9 +3,10 @@
 The run list is the same for every profile (tables x seeds), so the stages use `${profile}` from
 params.yaml: `dvc exp run -S profile=smoke` switches every path and command to another profile.
 Each stage lists exactly the params keys that plan.py gives its kind of job, so a change reruns the
-same stages as it reruns Snakemake jobs. Trainings are grouped into one foreach stage per data set
-and network block (train_<dataset>, train_<dataset>_ladder), because their keys differ by those.
-Regenerate with `flowvae dvc-yaml` after editing the tables, seeds, figures or data sets.
+same stages as it reruns Snakemake jobs. Trainings are grouped into one foreach stage per data set,
+network block and set of budgets (train_<dataset>, train_<dataset>_ladder, train_<dataset>_<budget>),
+because their keys differ by those. Each summary page has its figures and summary stages.
+Regenerate with `flowvae dvc-yaml` after editing the tables, seeds, budgets, summaries, figures or data sets.
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ def train_stage_name(run: plan.Run) -> str:
     return f"train_{run.dataset}" + ("_ladder" if run.network_block == "ladder" else "")
 
 
+def train_stage_key(params: dict, run: plan.Run) -> tuple[str, tuple[str, ...]]:
+    """Runs share a train stage when they share its name and params keys (the budgets that match them)."""
+    return train_stage_name(run), tuple(plan.train_param_keys(params, run, PROFILE))
+
+
+def train_stage_names(params: dict, runs: list[plan.Run]) -> dict[plan.Run, str]:
+    """Each run's train stage: the data set's, suffixed by its budgets where runs of one data set differ."""
+    keys = {run: train_stage_key(params, run) for run in runs}
+    out = {}
+    for run, (name, param_keys) in keys.items():
+        variants = {k for n, k in keys.values() if n == name}
+        budgets = [k.removeprefix("budgets.") for k in param_keys if k.startswith("budgets.")]
+        out[run] = name + "".join(f"_{b}" for b in budgets) if len(variants) > 1 and budgets else name
+    return out
+
+
 def dvc_stages(params: dict) -> dict:
     """The stages of dvc.yaml as a dict."""
     runs = plan.all_runs(params)
@@ -50,7 +67,8 @@ def dvc_stages(params: dict) -> dict:
             "params": plan.prepare_param_keys(params, dataset, PROFILE),
             "outs": [f"{prepared}/${{profile}}/{dataset}"],
         }
-    for name, group in groupby(sorted(runs, key=train_stage_name), key=train_stage_name):
+    stage_of = train_stage_names(params, runs)
+    for name, group in groupby(sorted(runs, key=lambda r: (stage_of[r], r)), key=stage_of.get):
         group = list(group)
         stages[name] = {
             "foreach": _runs_foreach(group),
@@ -84,22 +102,25 @@ def dvc_stages(params: dict) -> dict:
             "params": plan.table_param_keys(table),
             "outs": _no_cache([f"{REPORTS}/{table}.md", f"{REPORTS}/{table}.tex"]),
         }
-    run_files = [r.path(PROFILE, name) for r in runs for name in ("eval.json", "train.jsonl", "samples.npz")]
-    stages["figures"] = {
-        "cmd": (
-            f"flowvae figures --profile ${{profile}} --notebook {params['figures']['notebook']}"
-            f" --out-dir {REPORTS}/figures --executed {REPORTS}/figures.ipynb"
-        ),
-        "deps": [params["figures"]["notebook"], *run_files],
-        "params": ["figures"],
-        "outs": _no_cache([f"{REPORTS}/figures", f"{REPORTS}/figures.ipynb"]),
-    }
-    tables = [f"{REPORTS}/{t}.md" for t in plan.table_names(params)]
-    stages["summary"] = {
-        "cmd": f"flowvae report summary --out {REPORTS}/summary.md " + " ".join(tables) + f" {REPORTS}/figures",
-        "deps": [*tables, f"{REPORTS}/figures"],
-        "outs": _no_cache([f"{REPORTS}/summary.md"]),
-    }
+    for summary in plan.summary_names(params):
+        figures = f"{REPORTS}/{plan.figures_name(summary)}"
+        run_files = [r.path(PROFILE, name) for r in plan.summary_runs(params, summary)
+                     for name in ("eval.json", "train.jsonl", "samples.npz")]
+        stages[plan.figures_name(summary)] = {
+            "cmd": (
+                f"flowvae figures --profile ${{profile}} --notebook {params['figures']['notebook']} --summary {summary}"
+                f" --out-dir {figures} --executed {figures}.ipynb"
+            ),
+            "deps": [params["figures"]["notebook"], *run_files],
+            "params": ["figures"],
+            "outs": _no_cache([figures, f"{figures}.ipynb"]),
+        }
+        tables = [f"{REPORTS}/{t}.md" for t in plan.summary_tables(params, summary)]
+        stages[summary] = {
+            "cmd": f"flowvae report summary --out {REPORTS}/{summary}.md " + " ".join(tables) + f" {figures}",
+            "deps": [*tables, figures],
+            "outs": _no_cache([f"{REPORTS}/{summary}.md"]),
+        }
     return {"stages": stages, "plots": dvc_plots(params)}
 
 

@@ -4,8 +4,8 @@ Snakemake's rules and the generated dvc.yaml both take their job lists and their
 here, so the two build the same DAG and rerun the same jobs after a change to params.yaml:
 
 - prepare:  the data set's entries (its own and any stand-in's), the profile's subset and substitute;
-- train:    code_version, the profile's train block, its network (ladder for resvae runs), and the
-            prepare keys;
+- train:    code_version, the profile's train block and the budgets that match the run, its network
+            (ladder for resvae runs), and the prepare keys;
 - evaluate: code_version and the profile's eval block (and, through its inputs, the trained model);
 - table:    its tables.<name> entry (and, through its inputs, the evaluations and published numbers);
 - resources, seeds of other runs, data.mirror: nothing.
@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from flowvae.config import candidate_sources, run_dir
+from flowvae.config import candidate_sources, matching_budgets, run_dir
 from flowvae.variants import parse_variant
 
 SPLITS = ("train", "valid", "test")
@@ -50,10 +50,15 @@ def table_names(params: dict) -> list[str]:
     return list(params.get("tables") or {})
 
 
+def row_seeds(params: dict, row: dict) -> list[int]:
+    """The seeds of one table row: its own `seeds`, else the top-level ones."""
+    return [int(seed) for seed in row.get("seeds") or params["seeds"]]
+
+
 def table_runs(params: dict, table: str) -> list[Run]:
-    """The runs one table reads: its rows times the seeds."""
+    """The runs one table reads: each row times its seeds."""
     spec = params["tables"][table]
-    return [Run(spec["dataset"], row["model"], int(seed)) for row in spec["rows"] for seed in params["seeds"]]
+    return [Run(spec["dataset"], row["model"], seed) for row in spec["rows"] for seed in row_seeds(params, row)]
 
 
 def figure_runs(params: dict) -> list[Run]:
@@ -67,6 +72,29 @@ def figure_runs(params: dict) -> list[Run]:
 def all_runs(params: dict) -> list[Run]:
     """Every run of every table and figure, without duplicates, sorted."""
     runs = {r for t in table_names(params) for r in table_runs(params, t)} | set(figure_runs(params))
+    return sorted(runs)
+
+
+def summary_names(params: dict) -> list[str]:
+    """The summary pages: `summary` (every table) and each of params.yaml's `summaries`."""
+    return ["summary", *(f"summary_{name}" for name in params.get("summaries") or {})]
+
+
+def summary_tables(params: dict, summary: str) -> list[str]:
+    """The tables of a summary page."""
+    if summary == "summary":
+        return table_names(params)
+    return list(params["summaries"][summary.removeprefix("summary_")]["tables"])
+
+
+def figures_name(summary: str) -> str:
+    """The figures folder of a summary page: `figures` for `summary`, `figures_<name>` for `summary_<name>`."""
+    return "figures" + summary.removeprefix("summary")
+
+
+def summary_runs(params: dict, summary: str) -> list[Run]:
+    """The runs a summary page reads: its tables' and the figures' own, without duplicates, sorted."""
+    runs = {r for t in summary_tables(params, summary) for r in table_runs(params, t)} | set(figure_runs(params))
     return sorted(runs)
 
 
@@ -90,7 +118,8 @@ def prepare_param_keys(params: dict, dataset: str, profile: str) -> list[str]:
 def train_param_keys(params: dict, run: Run, profile: str) -> list[str]:
     """The params.yaml keys a training depends on."""
     own = ["code_version", f"profiles.{profile}.train", f"profiles.{profile}.{run.network_block}"]
-    return own + prepare_param_keys(params, run.dataset, profile)
+    budgets = [f"budgets.{name}" for name in matching_budgets(params, run.dataset, run.model)]
+    return own + budgets + prepare_param_keys(params, run.dataset, profile)
 
 
 def eval_param_keys(profile: str) -> list[str]:

@@ -153,8 +153,8 @@ class _Cell:
     tex: str
 
 
-def _ours(m: Metric, runs: list[Mapping[str, Any]], table: str) -> tuple[_Cell, float]:
-    """Our entry for one metric over a model's seeds, and its mean (for differences)."""
+def _values(m: Metric, runs: list[Mapping[str, Any]], table: str) -> list[float]:
+    """One metric's value in each of a model's runs; ValueError naming the run where one is missing."""
     values = []
     for ev in runs:
         value = m.get(ev)
@@ -164,25 +164,37 @@ def _ours(m: Metric, runs: list[Mapping[str, Any]], table: str) -> tuple[_Cell, 
                 f"{m.key!r} (is the metric right for dataset {ev.get('dataset')}?)"
             )
         values.append(float(value))
-    mean = statistics.fmean(values)
-    if len(values) > 1:
-        err: float | None = statistics.stdev(values)
-    elif m.se is not None and m.se(runs[0]) is not None:
-        err = float(m.se(runs[0]))
-    else:
-        err = None
+    return values
+
+
+def _ours(m: Metric, runs: list[Mapping[str, Any]], table: str) -> tuple[_Cell, float]:
+    """Our entry for one metric: the mean over a model's seeds ± the standard error over test points.
+
+    With several seeds the standard error is the runs' mean one (the seed-to-seed spread has its own
+    column, see _seed_sd).
+    """
+    mean = statistics.fmean(_values(m, runs, table))
+    errors = [m.se(ev) for ev in runs] if m.se is not None else []
+    err = statistics.fmean(float(e) for e in errors) if errors and None not in errors else None
     digits = m.digits
     if m.key == "active_units" and not float(mean).is_integer():
         digits = 1
-    if m.key == "n_params":
-        err = None if err == 0 else err
     md, tex = _pm(mean, err, digits, tex=False), _pm(mean, err, digits, tex=True)
     if m.key == "active_units":
         dims = {ev.get("latent_dim") for ev in runs} - {None}
         if len(dims) == 1:
             dim = dims.pop()
-            md, tex = (f"{md}/{dim}", f"{tex}/{dim}") if err is None else (f"{md} / {dim}", f"{tex} / {dim}")
+            md, tex = f"{md}/{dim}", f"{tex}/{dim}"
     return _Cell(md, tex), mean
+
+
+def _seed_sd(m: Metric, runs: list[Mapping[str, Any]], table: str) -> _Cell:
+    """The standard deviation of a metric over a model's seeds ('—' with one seed)."""
+    values = _values(m, runs, table)
+    if len(values) < 2:
+        return _Cell(MISSING_MD, MISSING_TEX)
+    sd = _num(statistics.stdev(values), m.digits)
+    return _Cell(sd, sd)
 
 
 def _published_for(spec: Mapping[str, Any], published: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str], str]:
@@ -248,64 +260,44 @@ def build_table(
         dup = keyed[keyed.duplicated(["source", "model", "metric"], keep=False)].to_dict("records")
         raise ValueError(f"{name}: published numbers given twice: {dup}")
     pub_value = {(s, mo, me): v for s, mo, me, v in keyed.itertuples(index=False)}
-    pub_metrics = list(dict.fromkeys(
-        [m.published for m in metrics if m.published in set(pub_here["metric"])] + list(pub_here["metric"])
-    ))
 
-    ks = _describe(ev.get("K") for ev in chosen)
     n_seeds = {model: len(runs[model]) for model in wanted}
-    columns: list[tuple[str, str]] = [("model", "model")]
-    if max(n_seeds.values()) > 1:
-        columns.append(("seeds", "seeds"))
+    several = max(n_seeds.values()) > 1
+    # the metric whose spread over seeds gets a column: -log p(x) where the table shows it
+    seed_metric = next((m for m in metrics if m.shows_k), metrics[0]) if several else None
+    shown: dict[str, str] = {}  # published metric -> the source its column shows
+    columns: list[tuple[str, str]] = [("model", "model")] + ([("seeds", "seeds")] if several else [])
+    body: list[list[_Cell]] = [[_Cell(str(r.get("label") or r["model"]), latex_escape(str(r.get("label") or r["model"])))]
+                               + ([_Cell(str(n_seeds[str(r["model"])]), str(n_seeds[str(r["model"])]))] if several else [])
+                               for r in rows]
     for m in metrics:
-        k = f" (K={ks})" if m.shows_k else ""
-        columns.append((m.md + k, m.tex + (f" ($K={ks}$)" if k else "")))
-    body: list[list[_Cell]] = []
-    means: dict[tuple[str, str], float] = {}
-    for row in rows:
-        model = str(row["model"])
-        label = str(row.get("label") or model)
-        cells = [_Cell(label, latex_escape(label))]
-        if max(n_seeds.values()) > 1:
-            cells.append(_Cell(str(n_seeds[model]), str(n_seeds[model])))
-        for m in metrics:
-            cell, mean = _ours(m, runs[model], name)
+        columns.append((m.md, m.tex))
+        means = {}
+        for cells, row in zip(body, rows):
+            cell, means[str(row["model"])] = _ours(m, runs[str(row["model"])], name)
             cells.append(cell)
-            means[(model, m.key)] = mean
-        body.append(cells)
-
-    diff_sources: dict[str, str] = {}
-    for pm in pub_metrics:
-        label_md = BY_PUBLISHED[pm].md if pm in BY_PUBLISHED else pm
-        label_tex = BY_PUBLISHED[pm].tex if pm in BY_PUBLISHED else latex_escape(pm)
-        digits = BY_PUBLISHED[pm].digits if pm in BY_PUBLISHED else 2
-        present = [s for s in sources if any((s, pub_key[str(r["model"])], pm) in pub_value for r in rows)]
-        for source in present:
-            columns.append((f"{source} {label_md}", f"{latex_escape(source)} {label_tex}"))
+        if m is seed_metric:
+            columns.append(("sd over seeds", "sd over seeds"))
             for cells, row in zip(body, rows):
-                value = pub_value.get((source, pub_key[str(row["model"])], pm))
-                cells.append(_Cell(MISSING_MD, MISSING_TEX) if value is None else
-                             _Cell(_num(value, digits), _num(value, digits)))
-        # the difference is taken against the primary source, or the first one that has this metric
-        ref = primary if primary in present else (present[0] if present else None)
-        if ref is None or pm not in BY_PUBLISHED:
+                cells.append(_seed_sd(m, runs[str(row["model"])], name))
+        # one published column per metric: the primary source, or the first that has this metric
+        have = [src for src in sources if any((src, pub_key[str(r["model"])], m.published) in pub_value for r in rows)]
+        if not m.published or not have:
             continue
-        diff_sources[pm] = ref
-        columns.append((f"Δ {ref} {label_md}", rf"$\Delta$ {latex_escape(ref)} {label_tex}"))
-        ours_metric = BY_PUBLISHED[pm]
+        ref = primary if primary in have else have[0]
+        shown[m.published] = ref
+        columns += [("published", "published"), (f"Δ {m.md}", rf"$\Delta$ {m.tex}")]
         for cells, row in zip(body, rows):
             model = str(row["model"])
-            value = pub_value.get((ref, pub_key[model], pm))
+            value = pub_value.get((ref, pub_key[model], m.published))
             if value is None:
-                cells.append(_Cell(MISSING_MD, MISSING_TEX))
+                cells += [_Cell(MISSING_MD, MISSING_TEX)] * 2
                 continue
-            mean = means.get((model, ours_metric.key))
-            if mean is None:
-                mean = _ours(ours_metric, runs[model], name)[1]
-            delta = f"{mean - value:+.{max(digits, 1) if ours_metric.key == 'active_units' else digits}f}"
-            cells.append(_Cell(delta, delta))
+            digits = max(m.digits, 1) if m.key == "active_units" else m.digits
+            delta = f"{means[model] - value:+.{digits}f}"
+            cells += [_Cell(_num(value, m.digits), _num(value, m.digits)), _Cell(delta, delta)]
 
-    caption = _caption(name, spec, context, chosen, n_seeds, diff_sources, pub_key, pub_rows, sources)
+    caption = _caption(name, spec, context, chosen, n_seeds, seed_metric, metrics, shown, pub_key, pub_here, pub_rows, sources)
     md_frame = pd.DataFrame([[_md_escape(c.md) for c in cells] for cells in body],
                             columns=[_md_escape(c[0]) for c in columns])
     tex_frame = pd.DataFrame([[c.tex for c in cells] for cells in body], columns=[c[1] for c in columns])
@@ -332,8 +324,11 @@ def _caption(
     context: Mapping[str, Any],
     chosen: Sequence[Mapping[str, Any]],
     n_seeds: Mapping[str, int],
-    diff_sources: Mapping[str, str],
+    seed_metric: Metric | None,
+    metrics: Sequence[Metric],
+    shown: Mapping[str, str],
     pub_key: Mapping[str, str],
+    pub_here: pd.DataFrame,
     pub_rows: pd.DataFrame,
     sources: Sequence[str],
 ) -> tuple[str, str]:
@@ -352,23 +347,31 @@ def _caption(
     sources_used = sorted({str(ev["data_source"]) for ev in chosen if ev.get("data_source", dataset) != dataset})
     if sources_used:
         dataset = f"{dataset} (stand-in: {', '.join(sources_used)}; numbers not comparable to the published ones)"
-    parts = [
-        f"Profile {first('profile')}, data set {dataset}, "
-        f"{first('epochs')} epochs, K = {first('K')} importance samples, seeds {seeds}, "
-        f"commit {first('commit')}."
-    ]
-    counts = set(n_seeds.values())
-    if counts == {1}:
-        parts.append("± is the standard error over test points (one seed per model).")
-    elif 1 in counts:
-        parts.append("± is the standard deviation over seeds (count in the seeds column); "
-                     "for single-seed rows, the standard error over test points.")
+    units = "bits/dim" if spec.get("units") == "bits_per_dim" else "nats"
+    parts = [f"Profile {first('profile')}, data set {dataset}, seeds {seeds}, commit {first('commit')}; {units}."]
+    budget = context.get("budget")
+    if budget:
+        parts.append(f"Trained under a reduced budget ({budget}), {first('epochs')} epochs run.")
     else:
-        parts.append(f"Entries are mean ± standard deviation over {_describe(counts)} seeds.")
-    if diff_sources:
-        refs = _describe(diff_sources.values())
-        parts.append(f"Δ = ours − published ({refs}); published numbers from {', '.join(sources)}.")
-    elif sources:
+        parts.append(f"{first('epochs')} epochs.")
+    if any(m.shows_k for m in metrics):
+        parts.append(f"-log p(x) is the importance-sampling estimate with K = {first('K')} samples per test image "
+                     "(Burda et al. 2016).")
+    if seed_metric is not None:
+        parts.append(f"Rows with several seeds show the mean over seeds; ± is the standard error over test points "
+                     f"(the runs' mean), and 'sd over seeds' the standard deviation of {seed_metric.md} over seeds.")
+    else:
+        parts.append("± is the standard error over test points (one seed per model).")
+    if shown:
+        named = "; ".join(f"{BY_PUBLISHED[pm].md if pm in BY_PUBLISHED else pm}: {src}" for pm, src in shown.items())
+        parts.append(f"'published' columns: {named}; Δ = ours − published.")
+    others = pub_here[~pub_here.apply(lambda r: shown.get(r["metric"]) == r["source"], axis=1)] if len(pub_here) else pub_here
+    for (source, pm), group in others.groupby(["source", "metric"], sort=False):
+        label = BY_PUBLISHED[pm].md if pm in BY_PUBLISHED else pm
+        values = ", ".join(f"{model} {_num(v, BY_PUBLISHED[pm].digits if pm in BY_PUBLISHED else 2)}"
+                           for model, v in zip(group["model"], group["value"]))
+        parts.append(f"Also published ({source}, {label}): {values}.")
+    if not shown and sources and not len(others):
         parts.append(f"Published numbers from {', '.join(sources)}.")
     mapped = [f"{m} as {p}" for m, p in pub_key.items() if m != p]
     if mapped:
@@ -466,8 +469,25 @@ def _expand(paths: Iterable[str]) -> tuple[list[Path], list[Path]]:
 # ---------------------------------------------------------------- command line
 
 
-def table_context(params: Mapping[str, Any], profile: str | None, dataset: str | None) -> dict[str, Any]:
-    """Fallback caption facts from params.yaml (eval.json values take precedence)."""
+def budget_text(params: Mapping[str, Any], profile: str, runs: Iterable[Any]) -> str | None:
+    """The budgets under which a table's runs train, with what they change: for the caption."""
+    from flowvae.config import matching_budgets
+
+    names = list(dict.fromkeys(n for r in runs for n in matching_budgets(params, r.dataset, r.model, profile)))
+    if not names:
+        return None
+    base = params["profiles"][profile]["train"]
+    texts = []
+    for name in names:
+        budget = params["budgets"][name]
+        changes = ", ".join(f"{k} {v}" + (f" instead of {base[k]}" if k in base else "") for k, v in budget["train"].items())
+        texts.append(f"budget {name}: {changes}" + (f"; {budget['note']}" if budget.get("note") else ""))
+    return "; ".join(texts)
+
+
+def table_context(params: Mapping[str, Any], profile: str | None, dataset: str | None, table: str | None = None) -> dict[str, Any]:
+    """Fallback caption facts from params.yaml (eval.json values take precedence), and the table's budgets."""
+    from flowvae import plan
     from flowvae.settings import EvalSettings, TrainSettings
 
     profile = profile or params["profile"]
@@ -479,6 +499,7 @@ def table_context(params: Mapping[str, Any], profile: str | None, dataset: str |
         "K": EvalSettings.from_params(block["eval"]).K_for(dataset),
         "seeds": list(params["seeds"]),
         "commit": None,
+        "budget": budget_text(params, profile, plan.table_runs(params, table)) if table else None,
     }
 
 
@@ -501,7 +522,7 @@ def main_table(argv: Sequence[str] | None = None) -> int:
     if args.table not in tables:
         raise SystemExit(f"{args.params}: no table {args.table!r} under 'tables' (have: {', '.join(tables)})")
     spec = tables[args.table]
-    context = table_context(params, args.profile, spec.get("dataset"))
+    context = table_context(params, args.profile, spec.get("dataset"), args.table)
     published = load_published(args.published) if args.published else None
     evals = [load_eval(p) for p in args.evals]
     try:

@@ -7,6 +7,7 @@ is checked here, before any job runs.
 from __future__ import annotations
 
 import csv
+import fnmatch
 from importlib import resources
 from pathlib import Path
 
@@ -68,6 +69,18 @@ def validate_params(
         for dataset in profile["eval"].get("K_by_dataset") or {}:
             if dataset not in datasets:
                 fail(f"profiles.{name}.eval.K_by_dataset.{dataset}", f"unknown data set; known: {sorted(datasets)}")
+    for name, budget in (params.get("budgets") or {}).items():
+        for i, profile in enumerate(budget["profiles"]):
+            if profile not in profiles:
+                fail(f"budgets.{name}.profiles.{i}", f"unknown profile {profile!r}; known: {sorted(profiles)}")
+        for i, dataset in enumerate(budget["datasets"]):
+            if dataset not in datasets:
+                fail(f"budgets.{name}.datasets.{i}", f"unknown data set {dataset!r}; known: {sorted(datasets)}")
+        planned = _planned_models(params, budget["datasets"])
+        for i, pattern in enumerate(budget.get("models") or []):
+            if not any(fnmatch.fnmatchcase(model, pattern) for model in planned):
+                fail(f"budgets.{name}.models.{i}", f"{pattern!r} matches no model of the tables or figures on "
+                     f"{', '.join(budget['datasets'])} (they have: {', '.join(sorted(planned)) or 'none'})")
     known_sources = published_sources(published) if published and Path(published).is_file() else None
     for name, table in params["tables"].items():
         if table["dataset"] not in datasets:
@@ -87,12 +100,25 @@ def validate_params(
             for i, src in enumerate(sources):
                 if src not in known_sources:
                     fail(f"tables.{name}.published.sources.{i}", f"no published numbers from {src!r} in {published}; known: {sorted(known_sources)}")
+    for name, summary in (params.get("summaries") or {}).items():
+        for i, table in enumerate(summary["tables"]):
+            if table not in params["tables"]:
+                fail(f"summaries.{name}.tables.{i}", f"unknown table {table!r}; known: {list(params['tables'])}")
     latent = (params.get("figures") or {}).get("latent2d")
     if latent:
         if latent["dataset"] not in datasets:
             fail("figures.latent2d.dataset", f"unknown data set {latent['dataset']!r}; known: {sorted(datasets)}")
         for i, model in enumerate(latent["variants"]):
             _check_model(fail, model, f"figures.latent2d.variants.{i}")
+
+
+def _planned_models(params: dict, datasets: list[str]) -> set[str]:
+    """The model names the tables and figures train on these data sets."""
+    models = {row["model"] for t in params["tables"].values() if t["dataset"] in datasets for row in t["rows"]}
+    latent = (params.get("figures") or {}).get("latent2d")
+    if latent and latent["dataset"] in datasets:
+        models |= set(latent["variants"])
+    return models
 
 
 def _check_model(fail, name: str, where: str) -> None:

@@ -8,14 +8,16 @@ FIGURE_PATTERN = "{kind}_{dataset,%s}.png" % "|".join(sorted(config["datasets"],
 
 
 rule summary:
-    """reports/<profile>/summary.md: every table and figure of the profile."""
+    """reports/<profile>/summary.md: every table and figure of the profile; summary_<name>.md: params.yaml's summaries.<name>."""
     input:
-        tables=expand("reports/{{profile}}/{table}.md", table=plan.table_names(config)),
-        figures="reports/{profile}/figures",
+        tables=lambda w: expand("reports/{profile}/{table}.md", profile=w.profile, table=plan.summary_tables(config, w.summary)),
+        figures=lambda w: f"reports/{w.profile}/{plan.figures_name(w.summary)}",
     output:
-        "reports/{profile}/summary.md",
+        "reports/{profile}/{summary}.md",
+    wildcard_constraints:
+        summary="|".join(plan.summary_names(config)),
     log:
-        "logs/report/{profile}/summary.log",
+        "logs/report/{profile}/{summary}.log",
     shell:
         "flowvae report summary --out {output} {input.tables} {input.figures} > {log} 2>&1"
 
@@ -53,26 +55,28 @@ rule table:
 
 
 rule figures:
-    """The figures notebook, executed by papermill over every run's eval, history and samples."""
+    """The figures notebook, executed by papermill over the eval, history and samples of a summary page's runs."""
     input:
         notebook=config["figures"]["notebook"],
-        runs=lambda w: run_files(plan.all_runs(config), w.profile, ["eval.json", "train.jsonl", "samples.npz"]),
+        runs=lambda w: run_files(plan.summary_runs(config, "summary" + w.part), w.profile, ["eval.json", "train.jsonl", "samples.npz"]),
     output:
         # Every PNG of the folder in the report's "Figures", one subcategory per data set.
         figures=report(
-            directory("reports/{profile}/figures"),
+            directory("reports/{profile}/figures{part}"),
             patterns=[FIGURE_PATTERN],
             caption="../report/figure.rst",
             category="Figures",
             subcategory="{dataset}",
             labels={"figure": "{kind}", "data set": "{dataset}"},
         ),
-        notebook="reports/{profile}/figures.ipynb",
+        notebook="reports/{profile}/figures{part}.ipynb",
+    wildcard_constraints:
+        part="|".join(plan.figures_name(s).removeprefix("figures") for s in plan.summary_names(config)),
     params:
         spec=lambda w: plan.param_values(config, ["figures"]),
         file=PARAMS_FILE,
     log:
-        "logs/report/{profile}/figures.log",
+        "logs/report/{profile}/figures{part}.log",
     shell:
         "flowvae figures --params {params.file} --profile {wildcards.profile} --notebook {input.notebook}"
-        " --out-dir {output.figures} --executed {output.notebook} > {log} 2>&1"
+        " --summary summary{wildcards.part} --out-dir {output.figures} --executed {output.notebook} > {log} 2>&1"
