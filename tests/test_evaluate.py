@@ -143,3 +143,22 @@ def test_inference_preparation_does_not_change_the_estimate(net):
         after = model(x, n_samples=5)
     assert torch.allclose(before.log_px_z, after.log_px_z, atol=1e-3)
     assert torch.allclose(before.log_qz, after.log_qz, atol=1e-4)
+
+
+def test_the_2d_manifold_decodes_the_normal_quantiles(tiny):
+    from flowvae.evaluate import figure_arrays, manifold
+
+    cfg = tiny("iaf_d1_w8", network={"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 2, "context_dim": 4})
+    model = make_model(cfg).eval()
+    arrays = manifold(model, n=5)
+    q = arrays["manifold_quantiles"]
+    assert q == pytest.approx([-1.2816, -0.5244, 0.0, 0.5244, 1.2816], abs=1e-4)  # Phi^-1(0.1, 0.3, ..., 0.9)
+    assert arrays["manifold"].shape == (5, 5, *cfg.image_shape)
+    with torch.no_grad():  # row i, column j decodes z = (q[j], q[i])
+        expected = model.decode_mean(torch.tensor([[q[3], q[1]]], dtype=torch.float32))[0]
+    assert torch.allclose(torch.from_numpy(arrays["manifold"][1, 3]), expected)
+    assert not np.allclose(arrays["manifold"][0, 0], arrays["manifold"][4, 4])
+    x = next(batches_for(cfg, "test", 4, False, 0).epoch(0))
+    assert "manifold" in figure_arrays(model, x, seed=0)
+    wide = tiny("vae", network={"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 3, "context_dim": 4})
+    assert "manifold" not in figure_arrays(make_model(wide).eval(), x, seed=0)

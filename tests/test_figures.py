@@ -55,6 +55,8 @@ def _write_run(
             "grid_x": g, "grid_y": g, "density_grid": np.stack([gx, gy], -1),
             "prior_logp": -(gx**2 + gy**2) / 2 - np.log(2 * np.pi),
             "posterior_logq": np.stack([-((gx - c) ** 2 + gy**2) * 2 for c in (-1.0, 1.0)]),
+            "manifold": rng.random((5, 5, channels, side, side)).astype(np.float32),
+            "manifold_quantiles": np.linspace(-1.28, 1.28, 5),
         }
     np.savez(run / "samples.npz", **arrays)
     return {"eval": str(run / "eval.json"), "train": str(run / "train.jsonl"), "samples": str(run / "samples.npz")}
@@ -80,7 +82,7 @@ def test_notebook_writes_every_figure(tmp_path: Path) -> None:
         progress_bar=False,
     )
     stems = ["training_curves", "flow_steps", "is_curve", "reconstructions", "prior_samples",
-             "interpolations", "latent_densities"]
+             "interpolations", "latent_densities", "manifold"]
     for stem in stems:
         for suffix in (".png", ".pdf"):
             path = out_dir / f"{stem}_{DATASET}{suffix}"
@@ -89,5 +91,6 @@ def test_notebook_writes_every_figure(tmp_path: Path) -> None:
         assert (out_dir / f"{stem}_cifar10.png").stat().st_size > 0
     # no flow runs and no 2-D latent on cifar10: those figures are skipped, not drawn empty
     assert not list(out_dir.glob("flow_steps_cifar10.*")) and not list(out_dir.glob("latent_densities_cifar10.*"))
+    assert not list(out_dir.glob("manifold_cifar10.*"))
     printed = json.dumps(json.loads((tmp_path / "figures.out.ipynb").read_text())["cells"][-1]["outputs"])
     assert f"flow_steps_{DATASET}.pdf" in printed

@@ -16,7 +16,8 @@ eval.json (all values in nats per image unless said otherwise):
 eval.json has no wall-clock field: the same run evaluated twice on one machine gives the same bytes.
 eval_timings.json beside it: eval_seconds, is_samples_per_s.
 samples.npz beside it: originals, reconstructions, prior_samples, interpolations and, for a 2-D
-latent, grid_x, grid_y, prior_logp and posterior_logq (log-densities on a grid) for a few test images.
+latent, manifold and manifold_quantiles (decoded means over a grid of latents at normal quantiles),
+grid_x, grid_y, prior_logp and posterior_logq (log-densities on a grid) for a few test images.
 """
 
 from __future__ import annotations
@@ -160,6 +161,16 @@ def is_curve(log_w: torch.Tensor, ks: list[int]) -> list[dict]:
 
 
 @torch.no_grad()
+def manifold(model, n: int = 15, device="cpu") -> dict:
+    """The learnt 2-D data manifold: decoded means over an n x n grid of latents at the standard normal's
+    quantiles (i + 0.5) / n, as in Kingma & Welling (2014), Fig. 4; manifold[i, j] decodes z = (q[j], q[i])."""
+    q = torch.distributions.Normal(0.0, 1.0).icdf((torch.arange(n, dtype=torch.float64) + 0.5) / n).float().to(device)
+    z1, z2 = torch.meshgrid(q, q, indexing="xy")
+    images = model.decode_mean(torch.stack([z1, z2], -1).reshape(n * n, 2))
+    return {"manifold": images.reshape(n, n, *images.shape[1:]).cpu().numpy(), "manifold_quantiles": q.cpu().numpy()}
+
+
+@torch.no_grad()
 def figure_arrays(model, x: torch.Tensor, seed: int, n_prior: int = 64, n_interp: int = 4, steps: int = 8) -> dict:
     """Small arrays for the figures: reconstructions, prior samples, interpolations, 2-D densities."""
     device = x.device
@@ -176,6 +187,8 @@ def figure_arrays(model, x: torch.Tensor, seed: int, n_prior: int = 64, n_interp
         z = (1 - t) * za[:, None] + t * zb[:, None]
         images = model.decode_mean(z.reshape(n * steps, -1))
         arrays["interpolations"] = images.reshape(n, steps, *images.shape[1:]).cpu().numpy()
+    if model.latent_dim == 2:
+        arrays.update(manifold(model, device=device))
     if model.latent_dim == 2 and model.has_posterior_density:
         g = torch.linspace(-4, 4, 101, device=device)
         gx, gy = torch.meshgrid(g, g, indexing="xy")
