@@ -12,6 +12,7 @@ from flowvae.ladder import LadderVAE, ladder_settings
 from flowvae.likelihoods import get_likelihood
 from flowvae.model import LatentVariableModel
 from flowvae.networks import build_networks, net_settings
+from flowvae.pixelflow import RealNVPDensity
 from flowvae.vae import VAE
 from flowvae.variants import Variant, parse_variant
 
@@ -32,10 +33,14 @@ def build_flow(v: Variant, dim: int, settings: dict[str, Any]) -> Flow:
 def build_model(
     variant: str | Variant, net: dict[str, Any], image_shape: tuple[int, int, int], likelihood: str
 ) -> LatentVariableModel:
-    """The model named `variant` with network (or, for resvae, ladder) settings `net` for images (C, H, W)."""
+    """The model named `variant` with network (for resvae: ladder; for realnvp: pixel_flow) settings `net` for images (C, H, W)."""
     v = parse_variant(variant) if isinstance(variant, str) else variant
     if v.family == "resvae":
         return LadderVAE(v, ladder_settings(net), tuple(image_shape), likelihood)
+    if v.family == "realnvp":
+        if likelihood != "discretized_logistic":
+            raise ValueError(f"{v.name} models 8-bit images (a data set with likelihood discretized_logistic), not {likelihood} data")
+        return RealNVPDensity(v, net, tuple(image_shape))
     s = net_settings(net)
     lik = get_likelihood(likelihood)
     flow = build_flow(v, s["z_dim"], s)

@@ -79,15 +79,19 @@ def run_dir(profile: str, dataset: str, model: str, seed: int, root: str = "resu
 def resolved_network(params: dict, profile: str, dataset: str, variant: Variant) -> dict[str, Any]:
     """The network settings a run's model is built from, defaults filled in.
 
-    The ladder (resvae) reads profiles.<profile>.ladder; every other family the profile's network,
+    The ladder (resvae) reads profiles.<profile>.ladder, the pixel real NVP profiles.<profile>.pixel_flow;
+    every other family the profile's network,
     updated by the data set's own `network` entry (e.g. a 2-D latent for mnist_digits4).
     """
     from flowvae.ladder import ladder_settings
     from flowvae.networks import net_settings
+    from flowvae.pixelflow import pixel_flow_settings
 
     settings = profile_settings(params, profile)
     if variant.family == "resvae":
         return ladder_settings(dict(settings["ladder"]))
+    if variant.family == "realnvp":
+        return pixel_flow_settings(dict(settings.get("pixel_flow") or {}))
     network = copy.deepcopy(settings["network"])
     network.update(params["datasets"][source_dataset(params, profile, dataset)].get("network", {}))
     return net_settings(network)

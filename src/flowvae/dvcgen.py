@@ -36,7 +36,7 @@ def _no_cache(paths: list[str]) -> list[dict]:
 
 def train_stage_name(run: plan.Run) -> str:
     """The foreach stage that trains a run."""
-    return f"train_{run.dataset}" + ("_ladder" if run.network_block == "ladder" else "")
+    return f"train_{run.dataset}" + ("" if run.network_block == "network" else f"_{run.network_block}")
 
 
 def train_stage_key(params: dict, run: plan.Run) -> tuple[str, tuple[str, ...]]:

@@ -4,11 +4,13 @@ eval.json (all values in nats per image unless said otherwise):
   profile, dataset, model, seed, commit, device   what was evaluated, by which code (of the evaluation), where
   data_source                                     the data set actually used (differs from dataset only for a profile's stand-in)
   n_test, K                                       test images, importance samples per image
+  estimator                                       "importance sampling", or "exact" for a flow used as a density model
+                                                  (realnvp_s*_b*: log p of one uniform dequantization per test image, K = 1)
   epochs, best_epoch, n_params, latent_dim        n_params counts the trainable parameters as trained (before folding)
   neg_elbo, neg_elbo_se, recon, kl                -ELBO = recon + kl, averaged over the K samples
   neg_log_px, neg_log_px_se                       -log p(x) by importance sampling: mean and standard error over test images
   gap                                             neg_elbo - neg_log_px
-  active_units                                    units with Cov_x(E_q[z_u]) > 0.01 (Burda et al. 2016), over the
+  active_units                                    null for exact models; else units with Cov_x(E_q[z_u]) > 0.01 (Burda et al. 2016), over the
                                                   first images whose latents fit a 20M-value budget (all, for MLP latents)
   ess_fraction                                    mean over images of ESS / K of the importance weights
   bits_per_dim                                    null, or {neg_elbo, neg_log_px} in bits/dim for 8-bit images
@@ -230,7 +232,7 @@ def evaluate(cfg: RunConfig, run_dir: str | Path, threads: int | None = None, de
     n_params = count_parameters(model)
     settings = cfg.eval
     prepare_for_inference(model, compile_decoder=settings.compile, decoder_bf16=settings.decoder_bf16)
-    K = cfg.eval_K
+    K = 1 if model.exact_likelihood else cfg.eval_K  # a flow's log p(x) needs no importance sampling
     test = batches_for(cfg, "test", settings.batch_size, False, cfg.seed + 30_000, dev)
     history = [json.loads(line) for line in (run_dir / HISTORY_FILE).read_text().splitlines() if line.strip()]
     torch.manual_seed(cfg.seed + 40_000)
@@ -252,6 +254,7 @@ def evaluate(cfg: RunConfig, run_dir: str | Path, threads: int | None = None, de
         "device": dev.type,
         "n_test": int(neg_log_px.numel()),
         "K": K,
+        "estimator": "exact" if model.exact_likelihood else "importance sampling",
         "epochs": len(history),
         "best_epoch": int(max((h["epoch"] for h in history if h.get("best")), default=0)),
         "n_params": n_params,
@@ -263,7 +266,7 @@ def evaluate(cfg: RunConfig, run_dir: str | Path, threads: int | None = None, de
         "neg_log_px": float(neg_log_px.mean()),
         "neg_log_px_se": standard_error(neg_log_px),
         "gap": float((neg_elbo - neg_log_px).mean()),
-        "active_units": active_units(r["mean_z"], r["var_z"], K),
+        "active_units": None if model.exact_likelihood else active_units(r["mean_z"], r["var_z"], K),
         "ess_fraction": float(r["ess_fraction"].mean()),
         "bits_per_dim": None,
         "is_curve": is_curve(r["curve_log_w"], list(settings.curve_K) or [K]),

@@ -45,6 +45,9 @@ class LatentVariableModel(nn.Module):
     decoder: nn.Module
     free_bits: float = 0.0  # nats per KL group below which the training objective ignores the KL
     has_posterior_density: bool = False  # whether log_q(z, x) can be evaluated at arbitrary z
+    # A flow used as a density model: forward's log_px_z is the exact log p(x) of each sample (a
+    # dequantization), log_pz and log_qz are zero, and there is no encoder or decoder.
+    exact_likelihood: bool = False
 
     def __init__(
         self, variant: Variant, settings: dict[str, Any], likelihood: Likelihood, image_shape: tuple[int, int, int]

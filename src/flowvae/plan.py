@@ -41,8 +41,8 @@ class Run:
 
     @property
     def network_block(self) -> str:
-        """The profile block its model is built from: `ladder` for resvae runs, else `network`."""
-        return "ladder" if parse_variant(self.model).family == "resvae" else "network"
+        """The profile block its model is built from: `ladder` for resvae runs, `pixel_flow` for realnvp, else `network`."""
+        return {"resvae": "ladder", "realnvp": "pixel_flow"}.get(parse_variant(self.model).family, "network")
 
 
 def table_names(params: dict) -> list[str]:

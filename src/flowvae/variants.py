@@ -8,8 +8,8 @@ from dataclasses import dataclass
 GRAMMAR = (
     "vae | nf{k} | rnvp{k} | iaf_d{depth}_w{width} | iaf_d{depth}_w{width}_fixed | "
     "resvae_r{rungs}_gauss | resvae_r{rungs}_iaf, optionally followed by _elbo{k} or _iwae{k} "
-    "(k samples in the training objective); every number a positive integer, e.g. "
-    "'nf10', 'iaf_d2_w320', 'vae_iwae50'"
+    "(k samples in the training objective), or realnvp_s{scales}_b{blocks} (a pixel-space real NVP "
+    "density model); every number a positive integer, e.g. 'nf10', 'iaf_d2_w320', 'vae_iwae50', 'realnvp_s2_b4'"
 )
 
 _POSITIVE = r"[1-9][0-9]*"
@@ -19,10 +19,11 @@ _POSTERIOR = (
     rf"|resvae_r(?P<rungs>{_POSITIVE})_(?P<ladder>gauss|iaf)"
 )
 _OBJECTIVE = rf"(?:_(?P<objective>elbo|iwae)(?P<objective_k>{_POSITIVE}))?"
+_DENSITY = rf"realnvp_s(?P<scales>{_POSITIVE})_b(?P<blocks>{_POSITIVE})"
 
 # Usable as a Snakemake wildcard constraint: no named groups, anchored by Snakemake itself.
-WILDCARD_PATTERN = re.sub(r"\?P<\w+>", "", f"(?:{_POSTERIOR}){_OBJECTIVE}")
-_FULL = re.compile(f"^(?:{_POSTERIOR}){_OBJECTIVE}$")
+WILDCARD_PATTERN = re.sub(r"\?P<\w+>", "", f"(?:(?:{_POSTERIOR}){_OBJECTIVE}|{_DENSITY})")
+_FULL = re.compile(f"^(?:(?:{_POSTERIOR}){_OBJECTIVE}|{_DENSITY})$")
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,9 @@ class Variant:
     """A parsed variant name."""
 
     name: str
-    family: str  # vae | nf | rnvp | iaf | resvae
-    steps: int = 0  # planar steps, real-NVP steps, IAF depth or ResNet-VAE rungs
-    width: int = 0  # MADE hidden width (IAF only)
+    family: str  # vae | nf | rnvp | iaf | resvae | realnvp (a pixel-space density model, no VAE)
+    steps: int = 0  # planar steps, real-NVP steps, IAF depth, ResNet-VAE rungs or pixel real-NVP scales
+    width: int = 0  # MADE hidden width (IAF) or residual blocks per s/t network (pixel real NVP)
     fixed_sigma: bool = False  # IAF with sigma fixed to 1
     ladder_posterior: str = ""  # gauss | iaf (resvae only)
     objective: str = "elbo"  # elbo | iwae
@@ -48,6 +49,8 @@ def parse_variant(name: str) -> Variant:
     objective = g["objective"] or "elbo"
     objective_k = int(g["objective_k"] or 1)
     common = dict(name=name, objective=objective, objective_k=objective_k)
+    if g["scales"]:
+        return Variant(family="realnvp", steps=int(g["scales"]), width=int(g["blocks"]), **common)
     if g["nf"]:
         return Variant(family="nf", steps=int(g["nf"]), **common)
     if g["rnvp"]:
