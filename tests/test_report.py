@@ -129,6 +129,15 @@ def test_several_seeds_mean_standard_error_and_sd_over_seeds(published: pd.DataF
     assert "seeds 0, 1" in md
 
 
+def test_an_exact_flow_row_is_named_as_exact(published: pd.DataFrame) -> None:
+    spec = {**SPEC, "rows": [{"model": "vae"}, {"model": "realnvp_s2_b2"}]}
+    evals = [_eval("vae", estimator="importance sampling"), _eval("realnvp_s2_b2", K=1, estimator="exact")]
+    md, _ = report.build_table("table7", spec, evals, published, CONTEXT)
+    assert "K = 128 samples per test image (Burda et al. 2016) for the VAEs." in md
+    assert "realnvp_s2_b2: a flow used as a density model, its -log p(x) exact" in md
+    assert "K = 1," not in md and "K = 1 " not in md
+
+
 def test_a_budget_is_named_in_the_caption(published: pd.DataFrame) -> None:
     context = {**CONTEXT, "budget": "budget short: epochs 15 instead of 80"}
     md, tex = report.build_table("table1", {**SPEC, "rows": [{"model": "vae"}]}, [_eval("vae", epochs=15)], published, context)

@@ -355,8 +355,15 @@ def _caption(
     else:
         parts.append(f"{first('epochs')} epochs.")
     if any(m.shows_k for m in metrics):
-        parts.append(f"-log p(x) is the importance-sampling estimate with K = {first('K')} samples per test image "
-                     "(Burda et al. 2016).")
+        exact = sorted({str(ev["model"]) for ev in chosen if ev.get("estimator") == "exact"})
+        sampled = [ev for ev in chosen if ev.get("estimator") != "exact"]
+        if sampled:
+            parts.append(f"-log p(x) is the importance-sampling estimate with K = {_describe(ev.get('K') for ev in sampled)} "
+                         "samples per test image (Burda et al. 2016)" + (" for the VAEs." if exact else "."))
+        if exact:
+            parts.append(f"{', '.join(exact)}: a flow used as a density model, its -log p(x) exact (no importance "
+                         "sampling: the density of one uniform dequantization per test image, dequantization and "
+                         "logit Jacobians included), so its -ELBO column repeats it.")
     if seed_metric is not None:
         parts.append(f"Rows with several seeds show the mean over seeds; ± is the standard error over test points "
                      f"(the runs' mean), and 'sd over seeds' the standard deviation of {seed_metric.md} over seeds.")
