@@ -158,7 +158,8 @@ def test_format_status_lists_every_run_and_totals(params, tmp_path):
     assert len({line.index(line.split()[1]) for line in lines[:5]}) == 1  # states in one column
     assert lines[5] == (
         "5 runs: 1 pending, 1 training, 1 stopped, 1 trained, 1 evaluated; "
-        "training left <= 9 min (pending runs not estimated)"
+        "training left <= 9 min (pending runs not estimated); "
+        f"spent {status.format_duration(90 + 300 + 200 + 200 + 12)} training and evaluating (summed over the runs)"
     )
 
 
@@ -183,12 +184,14 @@ def test_main_filters_by_table(project, capsys):
     write_evaluated(project, Run("stripes", "rnvp2", 0), neg_log_px=91.0)
     assert status.main(["--root", str(project), "--table", "t2"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == ["stripes/rnvp2/seed0  evaluated  -log p(x) 91.00", "1 run: 1 evaluated"]
+    assert out == ["stripes/rnvp2/seed0  evaluated  -log p(x) 91.00",
+                   f"1 run: 1 evaluated; spent {status.format_duration(212)} training and evaluating (summed over the runs)"]
     assert status.main(["--root", str(project)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out[:-1]] == [f"stripes/{m}/seed{s}" for m, s in
                                                       [("nf4", 0), ("rnvp2", 0), ("vae", 0), ("vae", 1), ("vae", 2)]]
-    assert out[-1] == "5 runs: 4 pending, 1 evaluated (pending runs not estimated)"
+    assert out[-1] == ("5 runs: 4 pending, 1 evaluated (pending runs not estimated); "
+                       f"spent {status.format_duration(212)} training and evaluating (summed over the runs)")
 
 
 def test_main_rejects_an_unknown_table(project, capsys):

@@ -34,6 +34,7 @@ TIMINGS_FILE = "train_timings.json"
 HISTORY_FILE = "train.jsonl"
 MODEL_FILE = "model.safetensors"
 EVAL_FILE = "eval.json"
+EVAL_TIMINGS_FILE = "eval_timings.json"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class RunStatus:
     neg_log_px: float | None = None
     early_stopping: bool = False
     idle_seconds: float | None = None  # since its files last moved (training and stopped runs)
+    seconds_spent: float = 0.0  # training and evaluation so far (train_timings.json, eval_timings.json)
 
     @property
     def label(self) -> str:
@@ -102,7 +104,10 @@ def run_status(params: dict, profile: str, run: Run, root: str | Path = ".", now
     epochs = [e for e in timings.get("epochs") or [] if isinstance(e, dict) and "seconds" in e]
     done = max((int(e.get("epoch", 0)) for e in epochs), default=0)
     per_epoch = sum(float(e["seconds"]) for e in epochs) / len(epochs) if epochs else None
+    eval_timings = _read_json(folder / run.path(profile, EVAL_TIMINGS_FILE)) or {}
+    spent = sum(float(e["seconds"]) for e in epochs) + float(eval_timings.get("eval_seconds") or 0.0)
     common = dict(
+        seconds_spent=spent,
         run=run,
         epochs_done=done,
         epochs_target=settings.epochs,
@@ -191,6 +196,9 @@ def format_totals(statuses: list[RunStatus]) -> str:
         not_estimated.append("pending runs")
     if not_estimated:
         text += f" ({' and '.join(not_estimated)} not estimated)"
+    spent = sum(s.seconds_spent for s in statuses)
+    if spent:
+        text += f"; spent {format_duration(spent)} training and evaluating (summed over the runs)"
     return text
 
 
