@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
-TARGET ?= reports/quick/table1.md
+TARGET ?= reports/quick/summary_mnist.md
 
 .PHONY: setup run test lint smoke bench clean-venv
 
