@@ -100,6 +100,8 @@ def test_the_density_over_8_bit_images_is_the_flow_density_over_the_logit_range(
     density summed over the 256^2 bins (each bin integrated over u) is the flow's mass over the image
     of the pixel range, (logit alpha, inf)^2 (the logit transform reaches only that part of the plane)."""
     model = _perturb(_model("realnvp_s1_b1", (1, 1, 2), channels=4), scale=0.4, seed=4)
+    with torch.no_grad():
+        model.flow.norm.loc.fill_(-2.5)  # much of the mass below logit(alpha), outside the pixel range
     a = math.log(0.05 / 0.95)  # logit(alpha)
     h = 0.06
     s = a + (torch.arange(-400, 600, dtype=torch.float64) + 0.5) * h  # cell edges at logit(alpha)
@@ -197,3 +199,24 @@ def test_a_pixel_flow_trains_and_evaluates_through_the_same_commands(tmp_path):
     with np.load(out / "samples.npz") as samples:
         assert samples["prior_samples"].shape[1:] == (1, 8, 8)
         assert np.allclose(samples["reconstructions"], samples["originals"])
+
+
+def test_the_top_of_the_pixel_range_stays_finite_in_float32():
+    model = _model("realnvp_s1_b1", (1, 1, 2), dtype=torch.float32)
+    x = torch.ones(1, 1, 1, 2)  # k = 255
+    noise = torch.full_like(x, 1 - 2**-24)  # the largest value torch.rand gives
+    logits, log_det = model._to_logits(x, noise)
+    assert torch.isfinite(logits).all() and torch.isfinite(log_det).all()
+    assert logits.min().item() > 15  # logit of 1 - (1 - alpha) 2^-24 / 256
+
+
+def test_the_input_layer_starts_from_the_first_batch_statistics():
+    model = _model("realnvp_s2_b1", (1, 4, 4), dtype=torch.float32)
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (64, 1, 4, 4)).float() / 255
+    before = -model(x).log_px_z.mean().item()
+    model.initialize(x)
+    logits = model._to_logits(x, torch.rand_like(x))[0]
+    z = (logits - model.flow.norm.loc) * torch.exp(-model.flow.norm.log_scale)
+    assert z.mean().abs().item() < 0.2 and (z.std() - 1).abs().item() < 0.2
+    assert -model(x).log_px_z.mean().item() < before  # a better start than the identity

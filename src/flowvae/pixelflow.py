@@ -7,8 +7,9 @@ coupling flow -> z ~ N(0, I). log P(k) >= E_u log p(k + u), the density of the d
 
 Each scale but the last: 3 checkerboard couplings, a squeeze, 3 channel-wise couplings, then half
 of the channels are factored out as latents; the last scale: 4 checkerboard couplings (Sec. 3.6).
-Departures from the paper: no batch normalisation (in the s/t networks or as a flow layer), plain
-3x3 convolutions in the s/t ResNets; the scale is s = scale * tanh(raw), as in the paper.
+Departures from the paper: no batch normalisation in the s/t networks; in the flow, one affine layer
+per input value, set from the first training batch (PixelNorm), stands in for it; plain 3x3
+convolutions in the s/t ResNets. The scale is s = scale * tanh(raw), as in the paper.
 """
 
 from __future__ import annotations
@@ -107,6 +108,29 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out(torch.relu(self.blocks(self.inp(x))))
+
+
+class PixelNorm(nn.Module):
+    """z = (x - loc) exp(-log_scale) with a loc and scale per input value (C, H, W), set from the first
+    training batch by `initialize`; it stands in for the paper's batch normalisation of the flow's input."""
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(1, *shape))
+        self.log_scale = nn.Parameter(torch.zeros(1, *shape))
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Standardise x (B, C, H, W) per value."""
+        self.loc.copy_(x.mean(0, keepdim=True))
+        self.log_scale.copy_(torch.log(x.std(0, keepdim=True) + 1e-3))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        log_det = -self.log_scale.sum().expand(x.shape[0])
+        return (x - self.loc) * torch.exp(-self.log_scale), log_det
+
+    def inverse(self, z: Tensor) -> Tensor:
+        return z * torch.exp(self.log_scale) + self.loc
 
 
 class Coupling(nn.Module):
@@ -220,12 +244,14 @@ class MultiScaleFlow(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], scales: int, hidden: int, blocks: int) -> None:
         super().__init__()
         shapes = scale_shapes(image_shape, scales)
+        self.norm = PixelNorm(image_shape)
         self.scales = nn.ModuleList(Scale(s, i == scales - 1, hidden, blocks) for i, s in enumerate(shapes))
         self.out_shapes = [(2 * c, h // 2, w // 2) for c, h, w in shapes[:-1]] + [shapes[-1]]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """z (B, D) and log|det dz/dx| per image."""
-        parts, log_det = [], torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        x, log_det = self.norm(x)
+        parts = []
         for scale in self.scales:
             x, out, ld = scale(x)
             log_det = log_det + ld
@@ -238,7 +264,7 @@ class MultiScaleFlow(nn.Module):
         x = self.scales[-1].inverse(parts[-1], None)
         for scale, out in zip(reversed(self.scales[:-1]), reversed(parts[:-1])):
             x = scale.inverse(x, out)
-        return x
+        return self.norm.inverse(x)
 
 
 class RealNVPDensity(LatentVariableModel):
@@ -261,11 +287,18 @@ class RealNVPDensity(LatentVariableModel):
     def _to_logits(self, x: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """Logits of the dequantized images and the log|det| of k -> logits (per image, 8-bit scale)."""
         k = torch.round(x * (BINS - 1))
-        p = self.alpha + (1 - self.alpha) * (k + noise) / BINS  # Sec. 4.1: logit(alpha + (1 - alpha) x / 256)
-        logits = torch.log(p) - torch.log1p(-p)
+        # Sec. 4.1: logit(p), p = alpha + (1 - alpha) v / 256 with v = k + noise. 1 - p is computed from
+        # 256 - v = (255 - k) + (1 - noise): in float32, k + noise itself rounds to 256 at the top of the range
+        log_p = torch.log(self.alpha + (1 - self.alpha) * (k + noise) / BINS)
+        log_q = torch.log((1 - self.alpha) * ((BINS - 1 - k) + (1 - noise)) / BINS)
         d = self.latent_dim
-        log_det = d * (math.log(1 - self.alpha) - math.log(BINS)) - (torch.log(p) + torch.log1p(-p)).flatten(1).sum(1)
-        return logits, log_det
+        log_det = d * (math.log(1 - self.alpha) - math.log(BINS)) - (log_p + log_q).flatten(1).sum(1)
+        return log_p - log_q, log_det
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Standardise the logits of the first training batch, value by value."""
+        self.flow.norm.initialize(self._to_logits(x, torch.rand_like(x))[0])
 
     def _from_logits(self, logits: Tensor) -> Tensor:
         """8-bit images k/255 from logits: the inverse logit transform, then the bin k of k + u."""
