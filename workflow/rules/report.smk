@@ -58,7 +58,7 @@ rule figures:
     """The figures notebook, executed by papermill over the eval, history and samples of a summary page's runs."""
     input:
         notebook=config["figures"]["notebook"],
-        runs=lambda w: run_files(plan.summary_runs(config, "summary" + w.part), w.profile, ["eval.json", "train.jsonl", "samples.npz"]),
+        runs=lambda w: run_files(plan.summary_runs(config, f"summary{w.part}"), w.profile, ["eval.json", "train.jsonl", "samples.npz"]),
     output:
         # Every PNG of the folder in the report's "Figures", one subcategory per data set.
         figures=report(
