@@ -132,6 +132,7 @@ def project_copy(dest: Path, rows_per_table: int = 2, latent2d_variants: int = 1
     The data sets' checksums and split sizes in the copy's params.yaml are rewritten for the
     synthetic files, and dvc.yaml is regenerated; returns the mirror folder.
     """
+    import fnmatch
     import shutil
     import subprocess
     import sys
@@ -158,6 +159,11 @@ def project_copy(dest: Path, rows_per_table: int = 2, latent2d_variants: int = 1
     for table in params["tables"].values():
         table["rows"] = table["rows"][:rows_per_table]
     params["figures"]["latent2d"]["variants"] = params["figures"]["latent2d"]["variants"][:latent2d_variants]
+    kept = {row["model"] for table in params["tables"].values() for row in table["rows"]}
+    kept |= set(params["figures"]["latent2d"]["variants"])
+    for name, budget in list((params.get("budgets") or {}).items()):  # a budget for rows cut here matches nothing
+        if "models" in budget and not any(fnmatch.fnmatchcase(m, pat) for m in kept for pat in budget["models"]):
+            del params["budgets"][name]
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "flowvae"), "dvc-yaml"], cwd=dest, check=True, capture_output=True)
