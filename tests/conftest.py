@@ -127,7 +127,7 @@ def synthetic_mirror(root: Path, n_mnist_train: int = 900, n_test: int = 200) ->
 
 
 def project_copy(dest: Path, rows_per_table: int = 2, latent2d_variants: int = 1) -> Path:
-    """A git copy of the project with a synthetic data mirror and tables cut to their first rows.
+    """A git copy of the project with a synthetic data mirror and tables cut to their first rows, one seed each.
 
     The data sets' checksums and split sizes in the copy's params.yaml are rewritten for the
     synthetic files, and dvc.yaml is regenerated; returns the mirror folder.
@@ -157,7 +157,7 @@ def project_copy(dest: Path, rows_per_table: int = 2, latent2d_variants: int = 1
         if entry["kind"] in ("amat", "idx"):
             entry["splits"] = {"train": 600, "valid": 300, "test": 200}
     for table in params["tables"].values():
-        table["rows"] = table["rows"][:rows_per_table]
+        table["rows"] = [{k: v for k, v in row.items() if k != "seeds"} for row in table["rows"][:rows_per_table]]
     params["figures"]["latent2d"]["variants"] = params["figures"]["latent2d"]["variants"][:latent2d_variants]
     kept = {row["model"] for table in params["tables"].values() for row in table["rows"]}
     kept |= set(params["figures"]["latent2d"]["variants"])
