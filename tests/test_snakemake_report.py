@@ -44,6 +44,8 @@ def test_report_has_every_table_and_figure(tmp_path):
     mirror = project_copy(project, rows_per_table=1)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["tables"] = {name: params["tables"][name] for name in TABLES}
+    params.pop("summaries", None)  # they name the tables cut here
+    params.pop("budgets", None)  # and some match only models of those tables
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLOWVAE_DATA_MIRROR": str(mirror)}
     target = ["--config", "profile=smoke", "--", "reports/smoke/summary.md"]

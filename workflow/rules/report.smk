@@ -71,7 +71,8 @@ rule figures:
         ),
         notebook="reports/{profile}/figures{part}.ipynb",
     wildcard_constraints:
-        part="|".join(plan.figures_name(s).removeprefix("figures") for s in plan.summary_names(config)),
+        # "" for the full summary's figures, "_<name>" for each of params.yaml's summaries
+        part="(?:%s)" % "|".join(plan.figures_name(s).removeprefix("figures") for s in plan.summary_names(config)),
     params:
         spec=lambda w: plan.param_values(config, ["figures"]),
         file=PARAMS_FILE,
