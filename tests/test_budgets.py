@@ -48,7 +48,9 @@ def test_a_training_depends_on_exactly_the_budgets_that_can_match_it(params):
     assert [k for k in keys if k.startswith("budgets.")] == ["budgets.short", "budgets.iwae"]
     keys = plan.train_param_keys(params, plan.Run("stripes", "nf4", 0), "test")
     assert [k for k in keys if k.startswith("budgets.")] == ["budgets.short"]
-    assert plan.param_values(params, keys) != plan.param_values({**params, "budgets": {}}, keys[:3])
+    params["budgets"]["short"]["train"]["epochs"] = 6  # what Snakemake's params trigger compares changes
+    assert plan.param_values(params, keys) != plan.param_values(copy.deepcopy({**params, "budgets": {
+        **params["budgets"], "short": {**params["budgets"]["short"], "train": {"epochs": 5, "warmup_epochs": 1}}}}), keys)
 
 
 def test_rows_have_their_own_seeds(params):

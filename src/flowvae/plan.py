@@ -71,8 +71,7 @@ def figure_runs(params: dict) -> list[Run]:
 
 def all_runs(params: dict) -> list[Run]:
     """Every run of every table and figure, without duplicates, sorted."""
-    runs = {r for t in table_names(params) for r in table_runs(params, t)} | set(figure_runs(params))
-    return sorted(runs)
+    return summary_runs(params, "summary")
 
 
 def summary_names(params: dict) -> list[str]:

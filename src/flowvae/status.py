@@ -24,15 +24,12 @@ from pathlib import Path
 
 from flowvae.config import load_params, profile_settings, resolved_train
 from flowvae.plan import Run, all_runs, table_names, table_runs
+from flowvae.train import HISTORY_FILE, MODEL_FILE, STATE_FILE, TIMINGS_FILE
 
 STATES = ("pending", "training", "stopped", "trained", "evaluated")
 STALE_AFTER_EPOCHS = 3  # a run is stopped when nothing moved for this many mean epochs...
 STALE_AFTER_MIN_SECONDS = 600.0  # ...and at least this long
 
-STATE_FILE = "checkpoint/state.pt"
-TIMINGS_FILE = "train_timings.json"
-HISTORY_FILE = "train.jsonl"
-MODEL_FILE = "model.safetensors"
 EVAL_FILE = "eval.json"
 EVAL_TIMINGS_FILE = "eval_timings.json"
 
