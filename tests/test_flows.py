@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.autograd.functional import jacobian
 
-from flowvae.flows import MADE, AffineCoupling, Flow, IAFStep, Planar, iaf, real_nvp
+from flowvae.flows import MADE, AffineCoupling, Flow, IAFStep, Planar, Sylvester, iaf, real_nvp
+from flowvae.flows.sylvester import householder_product, orthogonalize
 
 D, C, N = 5, 3, 4
 
@@ -47,6 +48,10 @@ def flows() -> dict[str, tuple[Flow, int]]:
         "iaf_fixed": (perturb(iaf(D, 2, 16, C, fixed_sigma=True)), C),
         "iaf_no_context": (perturb(iaf(D, 2, 16, 0)), 0),
         "iaf_two_layer_made": (perturb(iaf(D, 2, 16, C, layers=2)), C),
+        "osnf": (Sylvester(D, 3, "orthogonal", columns=3), 3 * (3 * 3 + 3 * 3 + D * 3)),
+        "osnf_square": (Sylvester(D, 2, "orthogonal", columns=D), 2 * (D * D + 3 * D + D * D)),
+        "hsnf": (Sylvester(D, 2, "householder", reflections=3), 2 * (D * D + 3 * D + 3 * D)),
+        "tsnf": (Sylvester(D, 3, "triangular"), 3 * (D * D + 3 * D)),
     }
 
 
@@ -81,7 +86,7 @@ def test_inverse_undoes_forward(name: str) -> None:
     torch.testing.assert_close(ladj_inverse, -ladj, atol=1e-9, rtol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["planar", "real_nvp", "iaf"])
+@pytest.mark.parametrize("name", ["planar", "real_nvp", "iaf", "osnf", "hsnf", "tsnf"])
 def test_context_broadcasts_over_a_leading_sample_dimension(name: str) -> None:
     flow, context_size = flows()[name]
     context = planar_context(N, 3) if name == "planar" else torch.randn(N, context_size)
@@ -193,3 +198,75 @@ def test_planar_stays_invertible_for_adversarial_u_and_w(wu: float) -> None:
     dets = torch.stack([torch.linalg.det(jacobian(lambda v: flow(v[None], context)[0][0], p)) for p in pts])
     assert (dets > 0).all()
     torch.testing.assert_close(flow(pts, context.expand(N, -1))[1], dets.log())
+
+
+@pytest.mark.parametrize("name", ["osnf", "osnf_square", "hsnf", "tsnf"])
+def test_sylvester_context_size_is_what_it_reads(name: str) -> None:
+    flow, context_size = flows()[name]
+    assert flow.context_size == context_size
+    with pytest.raises(RuntimeError):
+        flow(torch.randn(N, D), torch.randn(N, context_size - 1))
+
+
+@pytest.mark.parametrize("shape", [(7, D, 3), (7, D, D), (2, 3, 32, 32)])
+def test_orthogonalize_reaches_orthonormal_columns(shape: tuple[int, ...]) -> None:
+    raw = torch.randn(*shape)
+    raw[0, ..., 0] *= 1e-3  # an ill-conditioned matrix: the slowest to converge
+    q = orthogonalize(raw)
+    eye = torch.eye(shape[-1])
+    assert (torch.linalg.matrix_norm(q.transpose(-1, -2) @ q - eye) < 1e-6).all()
+    assert (torch.linalg.matrix_norm(raw.transpose(-1, -2) @ raw - eye) > 0.5).all(), "input already orthogonal"
+    # It converges to the orthogonal polar factor U V^T of the input, not to any orthogonal matrix.
+    u, _, vh = torch.linalg.svd(raw, full_matrices=False)
+    torch.testing.assert_close(q, u @ vh, atol=1e-8, rtol=1e-8)
+
+
+def test_orthogonalize_in_float32_within_its_tolerance() -> None:
+    q = orthogonalize(torch.randn(50, 32, 32, dtype=torch.float32))
+    err = torch.linalg.matrix_norm(q.transpose(-1, -2) @ q - torch.eye(32, dtype=torch.float32))
+    assert err.max() < 1e-5
+
+
+def test_householder_product_is_the_product_of_reflections() -> None:
+    v = torch.randn(4, 3, D)
+    q = householder_product(v)
+    for b in range(4):
+        expected = torch.eye(D)
+        for k in range(3):
+            u = v[b, k] / v[b, k].norm()
+            expected = expected @ (torch.eye(D) - 2.0 * torch.outer(u, u))
+        torch.testing.assert_close(q[b], expected)
+    torch.testing.assert_close(q.transpose(-1, -2) @ q, torch.eye(D).expand(4, D, D))
+
+
+def test_triangular_sylvester_alternates_identity_and_reversal() -> None:
+    """Step 0 (Q = I) has an upper triangular Jacobian, step 1 (Q = reversal) a lower triangular one."""
+    z, context = torch.randn(D), torch.randn(1, 2 * (D * D + 3 * D))
+    for steps, triangle in ((1, torch.triu), (2, None)):
+        flow = Sylvester(D, steps, "triangular")
+        jac = jacobian(lambda v: flow(v[None], context[:, : flow.context_size])[0][0], z)
+        if triangle is not None:
+            torch.testing.assert_close(jac, triangle(jac))
+            assert (jac - torch.diag(torch.diagonal(jac))).abs().max() > 1e-3
+    second = Sylvester(D, 2, "triangular")
+    first_out = Sylvester(D, 1, "triangular")(z[None], context[:, : D * D + 3 * D])[0]
+    step_two = jacobian(lambda v: second._from_basis(v, None, 1), first_out[0])
+    torch.testing.assert_close(step_two, torch.eye(D).flip(0))
+
+
+@pytest.mark.parametrize("kind", ["orthogonal", "householder", "triangular"])
+def test_sylvester_stays_invertible_for_extreme_amortized_parameters(kind: str) -> None:
+    """Diagonals of R1, R2 pass through tanh, so 1 + tanh' r1 r2 > 0 whatever the encoder emits."""
+    flow = Sylvester(D, 2, kind, columns=D, reflections=2)
+    context = 50.0 * torch.randn(N, flow.context_size)
+    z = torch.randn(N, D)
+    z_new, ladj = flow(z, context)
+    assert torch.isfinite(z_new).all() and torch.isfinite(ladj).all()
+    torch.testing.assert_close(ladj, autograd_log_abs_det(flow, z, context), atol=1e-8, rtol=1e-8)
+
+
+def test_sylvester_rejects_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="1 <= M <= z_dim"):
+        Sylvester(D, 2, "orthogonal", columns=D + 1)
+    with pytest.raises(ValueError, match="reflection"):
+        Sylvester(D, 2, "householder", reflections=0)

@@ -10,7 +10,7 @@ from flowvae.model import VAEOutput
 from flowvae.vae import VAE
 from flowvae.variants import GRAMMAR
 
-FAMILIES = ["vae", "nf4", "rnvp2", "iaf_d2_w16", "iaf_d2_w16_fixed"]
+FAMILIES = ["vae", "nf4", "rnvp2", "iaf_d2_w16", "iaf_d2_w16_fixed", "osnf2_m1", "osnf2_m2", "hsnf2_h2", "tsnf3"]
 TINY = {"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 2, "context_dim": 3, "coupling_hidden": 16}
 
 
@@ -99,7 +99,7 @@ def test_diagonal_posterior_is_the_base_gaussian() -> None:
     torch.testing.assert_close(out.log_pz, torch.distributions.Normal(0.0, 1.0).log_prob(out.z).sum(-1))
 
 
-@pytest.mark.parametrize("name", ["vae", "nf4", "rnvp2", "iaf_d2_w320", "iaf_d2_w320_fixed"])
+@pytest.mark.parametrize("name", ["vae", "nf4", "rnvp2", "iaf_d2_w320", "iaf_d2_w320_fixed", "osnf2_m4", "hsnf2_h3", "tsnf2"])
 def test_build_model_and_forward(name: str) -> None:
     net = {"kind": "mlp", "hidden": 32, "layers": 2, "z_dim": 8, "context_dim": 16}
     model = build_model(name, net, (1, 28, 28), "bernoulli")

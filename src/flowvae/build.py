@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 from torch.nn.utils import parametrize
 
-from flowvae.flows import Flow, Identity, Planar, iaf, real_nvp
+from flowvae.flows import Flow, Identity, Planar, Sylvester, iaf, real_nvp
 from flowvae.ladder import LadderVAE, ladder_settings
 from flowvae.likelihoods import get_likelihood
 from flowvae.model import LatentVariableModel
@@ -27,6 +27,12 @@ def build_flow(v: Variant, dim: int, settings: dict[str, Any]) -> Flow:
         return real_nvp(dim, v.steps, settings["context_dim"], settings["coupling_hidden"])
     if v.family == "iaf":
         return iaf(dim, v.steps, v.width, settings["context_dim"], v.fixed_sigma, settings["made_layers"])
+    if v.family == "osnf":
+        return Sylvester(dim, v.steps, "orthogonal", columns=v.width)
+    if v.family == "hsnf":
+        return Sylvester(dim, v.steps, "householder", reflections=v.width)
+    if v.family == "tsnf":
+        return Sylvester(dim, v.steps, "triangular")
     raise ValueError(f"no flow for family {v.family!r}")
 
 

@@ -6,6 +6,7 @@ from flowvae.flows.iaf import IAFStep, iaf
 from flowvae.flows.made import MADE, MaskedLinear
 from flowvae.flows.planar import Planar
 from flowvae.flows.realnvp import AffineCoupling, real_nvp
+from flowvae.flows.sylvester import Sylvester
 
 __all__ = [
     "MADE",
@@ -17,6 +18,7 @@ __all__ = [
     "Identity",
     "MaskedLinear",
     "Planar",
+    "Sylvester",
     "iaf",
     "real_nvp",
 ]
