@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flowvae.audit import current_value, markdown_table, params_value_text, read_audit
@@ -11,25 +12,32 @@ from flowvae.audit import current_value, markdown_table, params_value_text, read
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _paper() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())["profiles"]["paper"]
+# Each profile that reproduces a paper's settings, its audit file, and how many of its rows at least are key paths.
+AUDITS = {"paper": ("reference/paper_profile_audit.csv", 20), "sylvester": ("reference/sylvester_profile_audit.csv", 12)}
 
 
-def test_audit_values_are_what_params_yaml_says_now():
-    paper = _paper()
+def _profile(name: str) -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())["profiles"][name]
+
+
+@pytest.mark.parametrize("profile", list(AUDITS))
+def test_audit_values_are_what_params_yaml_says_now(profile: str):
+    block = _profile(profile)
+    path, minimum = AUDITS[profile]
     checked = 0
-    for row in read_audit(REPO / "reference/paper_profile_audit.csv"):
+    for row in read_audit(REPO / path):
         try:
-            value = current_value(paper, row["setting"])
+            value = current_value(block, row["setting"])
         except KeyError:
-            assert row["params_value"] == "", f"{row['setting']}: no such key in profiles.paper"
+            assert row["params_value"] == "", f"{row['setting']}: no such key in profiles.{profile}"
             continue
         assert row["params_value"] == params_value_text(value), row["setting"]
         checked += 1
-    assert checked >= 20
+    assert checked >= minimum
 
 
-def test_every_paper_setting_has_a_sourced_row():
+@pytest.mark.parametrize("profile", list(AUDITS))
+def test_every_profile_setting_has_a_sourced_row(profile: str):
     leaves = []
 
     def walk(block, prefix):
@@ -40,14 +48,16 @@ def test_every_paper_setting_has_a_sourced_row():
             elif key not in ("subset", "substitute", "resources", "kind"):
                 leaves.append(path)
 
-    walk(_paper(), "")
-    rows = read_audit(REPO / "reference/paper_profile_audit.csv")
+    walk(_profile(profile), "")
+    rows = read_audit(REPO / AUDITS[profile][0])
     audited = {r["setting"] for r in rows if r["source"].strip()}
-    covered = {leaf for leaf in leaves if any(s == leaf or s.startswith(leaf + ".") for s in audited)}
-    assert set(leaves) - covered == set(), "paper-profile settings without a sourced audit row"
+    # A row covers its own key; a row for a whole block covers the keys inside it.
+    covered = {leaf for leaf in leaves if any(s == leaf or s.startswith(leaf + ".") or leaf.startswith(s + ".") for s in audited)}
+    assert set(leaves) - covered == set(), f"{profile}-profile settings without a sourced audit row"
     assert all(r["source"].strip() for r in rows)
 
 
-def test_readme_shows_the_audit_table():
+@pytest.mark.parametrize("profile", list(AUDITS))
+def test_readme_shows_the_audit_table(profile: str):
     readme = (REPO / "README.md").read_text()
-    assert markdown_table(read_audit(REPO / "reference/paper_profile_audit.csv")) in readme
+    assert markdown_table(read_audit(REPO / AUDITS[profile][0])) in readme

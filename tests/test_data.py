@@ -264,4 +264,4 @@ def test_shared_mirror_files_match_params_checksums():
                 assert path.stat().st_size == spec.size, spec.path
                 assert download.file_digest(path, spec.algorithm) == spec.digest, spec.path
                 checked.add(spec.path)
-    assert len(checked) == 7
+    assert len(checked) == 8

@@ -82,3 +82,34 @@ def test_unknown_likelihood_is_refused() -> None:
     assert isinstance(get_likelihood("bernoulli"), Bernoulli)
     with pytest.raises(ValueError, match="discretized_logistic"):
         get_likelihood("gaussian")
+
+
+def test_categorical_is_the_log_softmax_at_each_pixels_bin() -> None:
+    torch.manual_seed(0)
+    lik = get_likelihood("categorical")
+    params = torch.randn(3, 2, 2 * 256, 4, 5, dtype=torch.float64)  # (S, B, 256 C, H, W), C = 2
+    x = torch.randint(0, 256, (2, 2, 4, 5)) / 255.0
+    expected = torch.zeros(3, 2, dtype=torch.float64)
+    for s in range(3):
+        for b in range(2):
+            for c in range(2):
+                logits = params[s, b, c * 256 : (c + 1) * 256]
+                k = torch.round(x[b, c] * 255).long()
+                expected[s, b] += torch.log_softmax(logits, 0).gather(0, k[None])[0].sum()
+    torch.testing.assert_close(lik.log_prob(params, x.double()), expected)
+
+
+def test_categorical_probabilities_sum_to_one_over_the_256_values() -> None:
+    lik = get_likelihood("categorical")
+    params = torch.randn(1, 256, 1, 1, dtype=torch.float64)
+    mass = sum(lik.log_prob(params, torch.full((1, 1, 1, 1), k / 255.0, dtype=torch.float64)).exp() for k in range(256))
+    torch.testing.assert_close(mass, torch.ones(1, dtype=torch.float64))
+
+
+def test_categorical_mean_is_the_expected_intensity() -> None:
+    lik = get_likelihood("categorical")
+    logits = torch.full((1, 256, 1, 1), -1e4)
+    logits[0, 51] = 0.0
+    logits[0, 204] = 0.0
+    torch.testing.assert_close(lik.mean(logits), torch.full((1, 1, 1, 1), 0.5))
+    assert lik.eight_bit and get_likelihood("discretized_logistic").eight_bit and not get_likelihood("bernoulli").eight_bit

@@ -62,3 +62,70 @@ def test_made_layers_setting_reaches_every_iaf_step() -> None:
     assert [len(s.hyper.made.deeper) for s in two.flow.steps] == [1, 1]
     size = [sum(p.numel() for p in m.flow.parameters()) for m in (one, two)]
     assert size[1] == size[0] + 2 * (16 * 16 + 16)  # one more 16x16 masked layer per step
+
+
+def _conv(c_in: int, c_out: int, kh: int, kw: int | None = None) -> int:
+    """Parameters of one convolution (weight and bias)."""
+    return c_out * c_in * kh * (kw or kh) + c_out
+
+
+def _gated(c_in: int, c_out: int, kh: int, kw: int | None = None) -> int:
+    """The Sylvester code's GatedConv2d / GatedConvTranspose2d: two convolutions h and g."""
+    return 2 * _conv(c_in, c_out, kh, kw)
+
+
+def test_gatedconv_osnf4_m8_has_the_sylvester_codes_parameter_count() -> None:
+    """models/VAE.py of the Sylvester-flows code, layer by layer, for static MNIST, z = 64, 4 flows, M = 8."""
+    z, k, m, feats = 64, 4, 8, 256
+    encoder = (_gated(1, 32, 5) + _gated(32, 32, 5) + _gated(32, 64, 5) + _gated(64, 64, 5) + _gated(64, 64, 5)
+               + _gated(64, 256, 7))
+    q_z = 2 * (feats * z + z)  # q_z_mean, q_z_var
+    amortized = sum(feats * n + n for n in (k * m * m, k * m, k * m, k * z * m, k * m))  # amor_d, diag1, diag2, q, b
+    decoder = (_gated(z, 64, 7) + _gated(64, 64, 5) + _gated(64, 32, 5) + _gated(32, 32, 5) * 3 + _conv(32, 1, 1))
+    model = build_model("osnf4_m8", {"kind": "gatedconv"}, (1, 28, 28), "bernoulli")
+    assert sum(p.numel() for p in model.parameters()) == encoder + q_z + amortized + decoder == 3_683_905
+
+
+def test_gatedconv_categorical_output_layers_on_frey_faces_shape() -> None:
+    z = 64
+    model = build_model("vae", {"kind": "gatedconv"}, (1, 28, 20), "categorical")
+    decoder = (_gated(z, 64, 7, 5) + _gated(64, 64, 5) + _gated(64, 32, 5) + _gated(32, 32, 5) * 3
+               + _conv(32, 256, 5) + _conv(256, 256, 1))
+    assert sum(p.numel() for p in model.decoder.parameters()) == decoder
+    x = torch.randint(0, 256, (2, 1, 28, 20)) / 255.0
+    params = model.decoder(torch.randn(3, z))
+    assert params.shape == (3, 256, 28, 20)
+    out = model(x, n_samples=2)
+    assert out.log_px_z.shape == (2, 2) and torch.isfinite(out.log_px_z).all()
+
+
+def test_gated_layer_is_h_times_sigmoid_g() -> None:
+    from flowvae.networks import GatedConv2d
+
+    layer = GatedConv2d(3, 4, 5, 2, 2)
+    x = torch.randn(2, 3, 8, 8)
+    w, b = layer.weight, layer.bias
+    h = nn.functional.conv2d(x, w[:4], b[:4], stride=2, padding=2)
+    g = nn.functional.conv2d(x, w[4:], b[4:], stride=2, padding=2)
+    torch.testing.assert_close(layer(x), h * torch.sigmoid(g))
+
+
+def test_gatedconv_refuses_sizes_it_cannot_mirror() -> None:
+    with pytest.raises(ValueError, match="divisible by 4"):
+        build_networks({"kind": "gatedconv"}, (1, 30, 28), 0, 1)
+
+
+def test_gated_layers_split_as_the_sylvester_code_lays_them_out_compute_the_same() -> None:
+    from flowvae.bench import SplitGatedConv2d, split_gates
+
+    torch.manual_seed(0)
+    model = build_model("vae", {"kind": "gatedconv", "z_dim": 8}, (1, 28, 20), "categorical")
+    x = torch.randint(0, 256, (2, 1, 28, 20)) / 255.0
+    z = torch.randn(3, 8)
+    expected = model.encoder(x)[0], model.decoder(z)
+    n_params = sum(p.numel() for p in model.parameters())
+    split_gates(model)
+    assert sum(isinstance(m, SplitGatedConv2d) for m in model.modules()) == 12
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    torch.testing.assert_close(model.encoder(x)[0], expected[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.decoder(z), expected[1], atol=1e-5, rtol=1e-5)

@@ -3,10 +3,13 @@
     python -m flowvae.bench                      # the standard table (quick MLP; paper ResNet; paper ladder r4, r20)
     python -m flowvae.bench --device cuda        # the same on a GPU, with bf16 and compiled training and peak memory
     python -m flowvae.bench --fast               # fewer repeats, no torch.compile
+    python -m flowvae.bench --only gatedconv     # the Sylvester profile's gated-conv VAE, with the Sylvester code's layer layout beside
     python -m flowvae.bench --bf16-check RUN_DIR # |log p(x) change| with a bfloat16 decoder on a trained run
 
 The networks are those of params.yaml: the MLP of the quick profile, the ResNet and the ladder of the
-paper profile. Training goes through the trainer's own step (flowvae.train.make_loss_fn): eager, under
+paper profile, the gated convolutions of the sylvester profile. The `gatedconv_split` rows run the same
+gated-conv model with each gated layer as two convolutions (h and g, the layout of the Sylvester-flows
+code's models/layers.py), so that flowvae's layout can be compared with it on one machine. Training goes through the trainer's own step (flowvae.train.make_loss_fn): eager, under
 bfloat16 autocast (`bf16`, on CUDA by default) and compiled (`compiled`, unless --no-compile).
 
 Prints a table and writes JSON (default reports/bench.json). Numbers depend on the machine and
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from flowvae.atomic import write_json
 from flowvae.build import build_model, count_parameters
@@ -30,12 +34,15 @@ from flowvae.data import Batches
 from flowvae.evaluate import importance_sample
 from flowvae.inference import BFloat16Decoder, has_convolutions, prepare_for_inference
 from flowvae.model import LatentVariableModel
+from flowvae.networks import GatedConv2d
 from flowvae.train import make_loss_fn
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
 VARIANTS = ("vae", "nf10", "rnvp5", "iaf_d2_w320")
 LADDERS = ("resvae_r4_iaf", "resvae_r20_iaf")
+GATED_VARIANTS = ("vae", "osnf4_m8")
+NETWORKS = ("mlp", "resnet", "ladder", "gatedconv")
 
 
 def networks(params_path: str) -> dict[str, dict]:
@@ -43,7 +50,34 @@ def networks(params_path: str) -> dict[str, dict]:
     from flowvae.config import load_params
 
     profiles = load_params(params_path)["profiles"]
-    return {"mlp": profiles["quick"]["network"], "resnet": profiles["paper"]["network"], "ladder": profiles["paper"]["ladder"]}
+    return {"mlp": profiles["quick"]["network"], "resnet": profiles["paper"]["network"], "ladder": profiles["paper"]["ladder"],
+            "gatedconv": profiles["sylvester"]["network"]}
+
+
+class SplitGatedConv2d(nn.Module):
+    """A gated layer as the Sylvester code writes it: h(x) * sigmoid(g(x)) with two separate convolutions."""
+
+    def __init__(self, fused: GatedConv2d) -> None:
+        super().__init__()
+        make = nn.ConvTranspose2d if fused.transposed else nn.Conv2d
+        extra = {"output_padding": fused.output_padding} if fused.transposed else {}
+        axis = 1 if fused.transposed else 0
+        self.h, self.g = (make(fused.c_in, fused.c_out, fused.kernel, fused.stride, fused.padding, **extra) for _ in range(2))
+        for layer, weight, bias in zip((self.h, self.g), fused.weight.detach().chunk(2, axis), fused.bias.detach().chunk(2)):
+            layer.weight, layer.bias = nn.Parameter(weight.clone()), nn.Parameter(bias.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same output as the fused layer."""
+        return self.h(x) * torch.sigmoid(self.g(x))
+
+
+def split_gates(model: nn.Module) -> nn.Module:
+    """Replace every fused gated layer of model by its two-convolution form, in place."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, GatedConv2d):
+                setattr(parent, name, SplitGatedConv2d(child))
+    return model
 
 
 def _images(shape: tuple[int, int, int], n: int, binary: bool) -> np.ndarray:
@@ -57,8 +91,11 @@ def _binarize(shape: tuple[int, int, int]) -> str:
     return "fixed" if shape == MNIST else "none"
 
 
-def train_rate(model: LatentVariableModel, shape, batch: int, steps: int, device, amp: str = "none", compiled: bool = False) -> float:
+def train_rate(model: LatentVariableModel, shape, batch: int, steps: int, device, amp: str = "none", compiled: bool = False,
+               channels_last: bool = False) -> float:
     """Training images/s of the trainer's step over `steps` Adamax steps after two warm-up steps (data on the device)."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     x_all = _images(shape, batch * (steps + 2), shape == MNIST)
     batches = Batches(x_all, batch, _binarize(shape), shuffle=False, device=device)
     opt = torch.optim.Adamax(model.parameters(), lr=2e-3)
@@ -117,7 +154,8 @@ def _likelihood(shape) -> str:
 def bench_row(name: str, net_name: str, net: dict, shape, device, fast: bool, compile_decoder: bool, train_modes: tuple[str, ...]) -> dict:
     """One row of the table."""
     torch.manual_seed(0)
-    build = lambda: build_model(name, net, shape, _likelihood(shape)).to(device)  # noqa: E731
+    split = net_name == "gatedconv_split"
+    build = lambda: (split_gates if split else (lambda m: m))(build_model(name, net, shape, _likelihood(shape))).to(device)  # noqa: E731
     model = build()
     init = torch.from_numpy(_images(shape, 16, shape == MNIST)).float().div(255).to(device)
     model.initialize(init)
@@ -131,11 +169,13 @@ def bench_row(name: str, net_name: str, net: dict, shape, device, fast: bool, co
     row["train_images_per_s"] = train_rate(model, shape, batch, steps, device)
     if device.type == "cuda":
         row["train_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    for mode in train_modes:  # a fresh model each, so that compiled graphs do not leak into the eager figures
+    modes = train_modes + (("channels_last",) if conv and device.type == "cpu" else ())
+    for mode in modes:  # a fresh model each, so that compiled graphs do not leak into the eager figures
         fresh = build()
         fresh.initialize(init)
         row[f"train_images_per_s_{mode}"] = train_rate(
-            fresh, shape, batch, steps, device, amp="bf16" if mode == "bf16" else "none", compiled=mode == "compiled"
+            fresh, shape, batch, steps, device, amp="bf16" if mode == "bf16" else "none", compiled=mode == "compiled",
+            channels_last=mode == "channels_last",
         )
     prepare_for_inference(model, channels_last=False)
     max_batch = 2_000 if conv else 20_000
@@ -158,11 +198,13 @@ def run_benchmark(fast: bool, compile_decoder: bool, device, nets: dict[str, dic
     """Every row of the standard table (or those of one network)."""
     plan = [(name, net_name, MNIST) for net_name in ("mlp", "resnet") for name in VARIANTS]
     plan += [(name, "ladder", CIFAR) for name in LADDERS]
+    plan += [(name, net_name, MNIST) for name in GATED_VARIANTS for net_name in ("gatedconv", "gatedconv_split")]
     rows = []
     for name, net_name, shape in plan:
-        if only and net_name != only:
+        if only and net_name.split("_")[0] != only:
             continue
-        rows.append(bench_row(name, net_name, nets[net_name], shape, device, fast, compile_decoder, train_modes))
+        net = nets[net_name.split("_")[0]]
+        rows.append(bench_row(name, net_name, net, shape, device, fast, compile_decoder, train_modes))
         print(_format([rows[-1]], header=len(rows) == 1), flush=True)
     return rows
 
@@ -174,6 +216,7 @@ COLUMNS = [
     ("train_images_per_s", "train img/s", "{:,.0f}"),
     ("train_images_per_s_bf16", "train bf16", "{:,.0f}"),
     ("train_images_per_s_compiled", "train compiled", "{:,.0f}"),
+    ("train_images_per_s_channels_last", "train ch-last", "{:,.0f}"),
     ("train_peak_mib", "train peak MiB", "{:,.0f}"),
     ("is_samples_per_s_eager", "IS samples/s", "{:,.0f}"),
     ("is_samples_per_s_channels_last", "IS ch-last", "{:,.0f}"),
@@ -245,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--only", choices=["mlp", "resnet", "ladder"], help="benchmark one network's rows")
+    ap.add_argument("--only", choices=list(NETWORKS), help="benchmark one network's rows")
     ap.add_argument("--train-modes", default=None,
                     help="extra training measurements, comma-separated from bf16,compiled (default: both on CUDA, none on CPU)")
     ap.add_argument("--out", default="reports/bench.json")

@@ -44,13 +44,15 @@ def build_model(
     if v.family == "resvae":
         return LadderVAE(v, ladder_settings(net), tuple(image_shape), likelihood)
     if v.family == "realnvp":
-        if likelihood != "discretized_logistic":
-            raise ValueError(f"{v.name} models 8-bit images (a data set with likelihood discretized_logistic), not {likelihood} data")
+        if not get_likelihood(likelihood).eight_bit:
+            raise ValueError(f"{v.name} models 8-bit images (a data set with an 8-bit likelihood), not {likelihood} data")
         return RealNVPDensity(v, net, tuple(image_shape))
     s = net_settings(net)
     lik = get_likelihood(likelihood)
     flow = build_flow(v, s["z_dim"], s)
-    encoder, decoder = build_networks(s, image_shape, flow.context_size, lik.params_per_channel * image_shape[0])
+    encoder, decoder = build_networks(
+        s, image_shape, flow.context_size, lik.params_per_channel * image_shape[0], categorical=lik.name == "categorical"
+    )
     return VAE(v, s, encoder, flow, decoder, lik, s["z_dim"], image_shape)
 
 

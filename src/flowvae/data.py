@@ -2,6 +2,9 @@
 
 Prepared files are `<prepared>/<dataset>/<split>.npz` holding `x` (uint8, N x C x H x W) and,
 where the source has labels, `y` (int64). Binary data sets store 0/1, grayscale and colour ones 0..255.
+Data sets whose split is a seeded shuffle (Frey faces, Omniglot's validation set) draw it from
+`np.random.RandomState(split_seed)`, the generator `np.random.seed` sets, so that the split equals the
+one the Sylvester-flows code (van den Berg et al. 2018, utils/load_data.py) makes with that seed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import pickle
 import struct
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +23,11 @@ import torch
 
 from flowvae.atomic import write_npz
 from flowvae.safeload import load_npz
-from flowvae.download import RemoteFile, fetch, mirror_root
+from flowvae.download import MIRROR_ENV, DownloadError, RemoteFile, fetch, mirror_root
 
 SPLITS = ("train", "valid", "test")
-KINDS = ("amat", "idx", "cifar_python", "synthetic")
+KINDS = ("amat", "idx", "cifar_python", "synthetic", "freyfaces_pickle", "omniglot_mat", "caltech_mat")
+SEEDED_KINDS = ("freyfaces_pickle", "omniglot_mat")  # kinds whose split is a seeded shuffle: split_seed required
 
 
 class DataFormatError(ValueError):
@@ -68,7 +72,12 @@ def read_amat(path: Path, width: int = 784) -> np.ndarray:
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that rebuilds numpy arrays and builtins but refuses any other global."""
+    """Unpickler that rebuilds numpy arrays and builtins but refuses any other global.
+
+    A protocol-0 pickle of an array written by Python 2 (Frey faces) names only numpy.core.multiarray's
+    _reconstruct, numpy.ndarray and numpy.dtype; its array bytes are a str that encoding='latin1' turns
+    back into bytes.
+    """
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
@@ -108,6 +117,105 @@ def read_cifar_tar(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": stack([f"data_batch_{i}" for i in range(1, 6)]), "test": stack(["test_batch"])}
 
 
+FREY_SHAPE = (28, 20)
+
+
+def read_freyfaces_pickle(path: Path) -> np.ndarray:
+    """Read freyfaces.pkl (a Python-2 pickle of a list holding one uint8 array of 1965 x 560) as N x 1 x 28 x 20.
+
+    Only numpy's array reconstruction is allowed in the pickle: any other global is refused before it
+    is imported, and the refusal is a DataFormatError naming the file and the global.
+    """
+    with open(path, "rb") as f:
+        try:
+            obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as exc:
+            raise DataFormatError(f"{path}: {exc}") from None
+        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+            raise DataFormatError(f"{path}: not a readable pickle of a numpy array ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, (list, tuple)) or not obj or not isinstance(obj[0], np.ndarray):
+        raise DataFormatError(f"{path}: expected a list holding one numpy array, found {type(obj).__name__}")
+    x = obj[0]
+    h, w = FREY_SHAPE
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != h * w:
+        raise DataFormatError(f"{path}: expected a uint8 array of N x {h * w}, found {x.dtype} {x.shape}")
+    return np.ascontiguousarray(x).reshape(-1, 1, h, w)
+
+
+def seeded_order(n: int, seed: int) -> np.ndarray:
+    """The order `np.random.seed(seed); np.random.shuffle(rows)` puts n rows in (legacy RandomState)."""
+    if seed is None or int(seed) < 0:
+        raise ValueError(f"split seed must be a non-negative integer, not {seed!r}")
+    order = np.arange(n)
+    np.random.RandomState(seed).shuffle(order)
+    return order
+
+
+def read_mat(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named variables of a MATLAB v5 file (scipy.io.loadmat); DataFormatError names a missing one."""
+    from scipy.io import loadmat  # imported here: only the .mat data sets need scipy
+    from scipy.io.matlab import MatReadError
+
+    try:
+        mat = loadmat(path, variable_names=list(names))
+    except (MatReadError, ValueError, TypeError, NotImplementedError, OSError) as exc:  # not MAT, truncated, v7.3
+        raise DataFormatError(f"{path}: not a MATLAB v5 file that scipy.io.loadmat can read ({exc})") from None
+    missing = [n for n in names if n not in mat]
+    if missing:
+        raise DataFormatError(f"{path}: no variable {', '.join(repr(n) for n in missing)} in the MATLAB file")
+    return {n: np.asarray(mat[n]) for n in names}
+
+
+def _fortran_images(rows: np.ndarray) -> np.ndarray:
+    """N x 784 rows, each a 28 x 28 image stored column by column, as N x 1 x 28 x 28.
+
+    The same as the Sylvester-flows code's `rows.reshape((-1, 28, 28)).reshape((-1, 784), order='F')`
+    read as 28 x 28 images in C order, i.e. each image is its row reshaped in Fortran order.
+    """
+    return rows.reshape(-1, 28, 28).reshape(-1, 28 * 28, order="F").reshape(-1, 1, 28, 28)
+
+
+def read_omniglot_mat(path: Path) -> dict[str, np.ndarray]:
+    """Read the IWAE chardata.mat: {'train': 24345, 'test': 8070 images}, uint8 round(255 x), N x 1 x 28 x 28.
+
+    `data` and `testdata` hold one image per column (784 x N, floats in [0, 1]), pixels in Fortran order.
+    """
+    mat = read_mat(path, ("data", "testdata"))
+    out = {}
+    for split, name in (("train", "data"), ("test", "testdata")):
+        x = mat[name]
+        if x.ndim != 2 or x.shape[0] != 784:
+            raise DataFormatError(f"{path}: variable {name!r} has shape {x.shape}, expected 784 x N")
+        x = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise DataFormatError(f"{path}: variable {name!r} has values outside [0, 1]")
+        out[split] = _fortran_images(np.round(x.T * 255).astype(np.uint8))
+    return out
+
+
+def read_caltech_mat(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read caltech101_silhouettes_28_split1.mat: {split: (x 0/1 uint8 N x 1 x 28 x 28, labels 0..100 int64)}.
+
+    Rows of `train_data`, `val_data`, `test_data` are images in Fortran order with 1 = background;
+    as in the Sylvester-flows code they are inverted (1 - x) so that 1 marks the silhouette.
+    The file's labels count from 1; they are stored from 0.
+    """
+    names = {"train": "train", "valid": "val", "test": "test"}
+    mat = read_mat(path, tuple(f"{n}_{kind}" for n in names.values() for kind in ("data", "labels")))
+    out = {}
+    for split, n in names.items():
+        x, y = mat[f"{n}_data"], mat[f"{n}_labels"]
+        if x.ndim != 2 or x.shape[1] != 784:
+            raise DataFormatError(f"{path}: variable '{n}_data' has shape {x.shape}, expected N x 784")
+        if not np.isin(x, (0, 1)).all():
+            raise DataFormatError(f"{path}: variable '{n}_data' has values other than 0 and 1")
+        y = y.reshape(-1)
+        if len(y) != len(x):
+            raise DataFormatError(f"{path}: variable '{n}_labels' has {len(y)} labels for {len(x)} images")
+        out[split] = (_fortran_images(1 - x.astype(np.uint8)), y.astype(np.int64) - 1)
+    return out
+
+
 def synthetic_images(n: int, shape: tuple[int, int, int], seed: int) -> np.ndarray:
     """Deterministic 8-bit images with spatial structure (smooth colour blobs plus noise)."""
     rng = np.random.default_rng(seed)
@@ -126,16 +234,39 @@ def synthetic_images(n: int, shape: tuple[int, int, int], seed: int) -> np.ndarr
 # ---------------------------------------------------------------- preparation
 
 @dataclass(frozen=True)
+class UnverifiedFile:
+    """A file params.yaml names without a first-hand size and checksum (`datasets.<name>.unverified_files`).
+
+    With a (second-hand) checksum it is fetched and verified like any other file; without one it is
+    never fetched nor trusted, and preparing its data set fails with a message saying what to add.
+    """
+
+    path: str
+    url: str
+    checksum: str | None = None  # "md5:<hex>" or "sha256:<hex>"
+
+    @classmethod
+    def from_params(cls, entry: dict) -> "UnverifiedFile":
+        algorithms = [a for a in ("sha256", "md5") if a in entry]
+        if len(algorithms) > 1:
+            raise ValueError(f"data file {entry.get('path')!r}: give at most one of sha256 or md5")
+        checksum = f"{algorithms[0]}:{entry[algorithms[0]]}" if algorithms else None
+        return cls(entry["path"], entry["url"], checksum)
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """A data set as params.yaml describes it."""
 
     name: str
-    kind: str  # amat | idx | cifar_python | synthetic
+    kind: str  # one of KINDS
     binarize: str  # none | fixed | dynamic: how batches are served
     shape: tuple[int, int, int]
     files: dict[str, RemoteFile]
     split_sizes: dict[str, int]
     digits: tuple[int, ...] = ()  # keep only these labels (idx data sets)
+    split_seed: int | None = None  # the seeded shuffle of SEEDED_KINDS
+    unverified_files: dict[str, UnverifiedFile] = field(default_factory=dict)
 
     @classmethod
     def from_params(cls, name: str, entry: dict) -> "DatasetSpec":
@@ -144,6 +275,13 @@ class DatasetSpec:
         if kind not in KINDS:
             raise ValueError(f"datasets.{name}.kind: {kind!r} is not one of {KINDS}")
         files = {role: RemoteFile.from_params(f) for role, f in (entry.get("files") or {}).items()}
+        unverified = {role: UnverifiedFile.from_params(f) for role, f in (entry.get("unverified_files") or {}).items()}
+        both = sorted(files.keys() & unverified.keys())
+        if both:
+            raise ValueError(f"datasets.{name}: {both} listed under both files and unverified_files")
+        split_seed = entry.get("split_seed")
+        if kind in SEEDED_KINDS and split_seed is None:
+            raise ValueError(f"datasets.{name}.split_seed: required for kind {kind!r} (its split is a seeded shuffle)")
         return cls(
             name=name,
             kind=kind,
@@ -152,18 +290,52 @@ class DatasetSpec:
             files=files,
             split_sizes={k: int(v) for k, v in entry["splits"].items()},
             digits=tuple(entry.get("digits", ())),
+            split_seed=None if split_seed is None else int(split_seed),
+            unverified_files=unverified,
         )
 
 
 def _check_roles(spec: DatasetSpec, roles: tuple[str, ...]) -> None:
-    missing = [r for r in roles if r not in spec.files]
+    missing = [r for r in roles if r not in spec.files and r not in spec.unverified_files]
     if missing:
         raise ValueError(f"datasets.{spec.name}.files: missing {missing} for kind {spec.kind!r}")
 
 
+def _fetch_unverified(spec: DatasetSpec, role: str, raw_dir: Path, mirror: Path | None) -> Path:
+    """Fetch a file of `unverified_files`: by its second-hand checksum, or not at all when it has none."""
+    entry = spec.unverified_files[role]
+    fix = (
+        f"Once you have the file, record its size and sha256 under datasets.{spec.name}.files "
+        f"(in place of unverified_files.{role})."
+    )
+    if entry.checksum is not None:
+        # size 0: not known; fetch verifies the checksum and never reads the size
+        try:
+            return fetch(RemoteFile(entry.path, entry.url, 0, entry.checksum), raw_dir, mirror)
+        except DownloadError as exc:
+            raise DownloadError(f"{exc}\nparams.yaml knows its checksum only second-hand. {fix}") from None
+    attempts = []
+    if mirror is not None:
+        in_mirror = mirror / entry.path
+        state = "present, but params.yaml has no checksum to verify it with" if in_mirror.exists() else "no such file"
+        attempts.append(f"{in_mirror}: {state}")
+    attempts.append(f"{entry.url}: not downloaded: params.yaml has no checksum to verify it with")
+    tried = "\n  ".join(attempts)
+    raise DownloadError(
+        f"could not fetch {entry.path}; sources tried:\n  {tried}\n"
+        f"Download {entry.url} by hand and put it at <mirror>/{entry.path}, then set {MIRROR_ENV}=<mirror> "
+        f"(or data.mirror in params.yaml). {fix}"
+    )
+
+
 def _load_splits(spec: DatasetSpec, raw_dir: Path, mirror: Path | None) -> dict[str, dict[str, np.ndarray]]:
     def get(role: str) -> Path:
-        return fetch(spec.files[role], raw_dir, mirror)
+        try:
+            if role in spec.files:
+                return fetch(spec.files[role], raw_dir, mirror)
+            return _fetch_unverified(spec, role, raw_dir, mirror)
+        except DownloadError as exc:
+            raise DownloadError(f"datasets.{spec.name}: {exc}") from None
 
     c, h, w = spec.shape
     if spec.kind == "amat":
@@ -197,6 +369,28 @@ def _load_splits(spec: DatasetSpec, raw_dir: Path, mirror: Path | None) -> dict[
             "valid": {"x": x_train[-n_valid:], "y": y_train[-n_valid:]},
             "test": {"x": x_test, "y": y_test},
         }
+    if spec.kind == "freyfaces_pickle":
+        # Sylvester-flows load_freyfaces: np.random.seed(freyseed); shuffle all images; then train | valid | test
+        _check_roles(spec, ("pickle",))
+        path = get("pickle")
+        x = read_freyfaces_pickle(path)
+        sizes = [spec.split_sizes[s] for s in SPLITS]
+        if sum(sizes) != len(x):
+            raise DataFormatError(f"{path}: {len(x)} images, but datasets.{spec.name}.splits add up to {sum(sizes)}")
+        x = x[seeded_order(len(x), spec.split_seed)]
+        bounds = np.cumsum([0, *sizes])
+        return {s: {"x": x[bounds[i] : bounds[i + 1]]} for i, s in enumerate(SPLITS)}
+    if spec.kind == "omniglot_mat":
+        # Sylvester-flows load_omniglot: shuffle the training images, the last n_valid of them validate
+        _check_roles(spec, ("mat",))
+        parts = read_omniglot_mat(get("mat"))
+        train = parts["train"][seeded_order(len(parts["train"]), spec.split_seed)]
+        n_valid = spec.split_sizes["valid"]
+        return {"train": {"x": train[:-n_valid]}, "valid": {"x": train[-n_valid:]}, "test": {"x": parts["test"]}}
+    if spec.kind == "caltech_mat":
+        _check_roles(spec, ("mat",))
+        parts = read_caltech_mat(get("mat"))
+        return {s: {"x": x, "y": y} for s, (x, y) in parts.items()}
     return {
         s: {"x": synthetic_images(spec.split_sizes[s], spec.shape, seed=i)} for i, s in enumerate(SPLITS)
     }

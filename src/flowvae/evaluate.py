@@ -37,6 +37,7 @@ from flowvae.build import count_parameters
 from flowvae.config import RunConfig, config_from_record
 from flowvae.data import Batches
 from flowvae.inference import has_convolutions, prepare_for_inference
+from flowvae.likelihoods import get_likelihood
 from flowvae.model import LatentVariableModel
 from flowvae.objectives import log_weights
 from flowvae.provenance import code_commit
@@ -271,7 +272,7 @@ def evaluate(cfg: RunConfig, run_dir: str | Path, threads: int | None = None, de
         "bits_per_dim": None,
         "is_curve": is_curve(r["curve_log_w"], list(settings.curve_K) or [K]),
     }
-    if cfg.likelihood == "discretized_logistic":
+    if get_likelihood(cfg.likelihood).eight_bit:
         scale = d * math.log(2)
         metrics["bits_per_dim"] = {"neg_elbo": metrics["neg_elbo"] / scale, "neg_log_px": metrics["neg_log_px"] / scale}
     spread = np.linspace(0, test.n_images - 1, min(16, test.n_images)).astype(int)  # test rows may be sorted by digit

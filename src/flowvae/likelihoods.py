@@ -16,6 +16,7 @@ class Likelihood:
 
     name: str
     params_per_channel: int
+    eight_bit: bool = False  # models 8-bit intensities k/255 (then bits/dim are reported)
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         """log p(x | params) summed over the last three dimensions."""
@@ -49,6 +50,7 @@ class DiscretizedLogistic(Likelihood):
 
     name = "discretized_logistic"
     params_per_channel = 2
+    eight_bit = True
     bins = 256
     min_log_scale = -7.0
 
@@ -83,9 +85,40 @@ class DiscretizedLogistic(Likelihood):
         return self.split(params)[0].clamp(0.0, 1.0)
 
 
+class Categorical(Likelihood):
+    """A 256-way categorical distribution per subpixel (van den Berg et al. 2018's 'multinomial' output).
+
+    params hold the 256 logits of channel c in channels c*256 .. c*256+255; x holds k/255.
+    """
+
+    name = "categorical"
+    params_per_channel = 256
+    eight_bit = True
+    classes = 256
+
+    def logits(self, params: Tensor) -> Tensor:
+        """params (..., 256 C, H, W) as (..., C, 256, H, W)."""
+        *lead, channels, height, width = params.shape
+        return params.view(*lead, channels // self.classes, self.classes, height, width)
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        """log softmax of the logits at each subpixel's bin, summed."""
+        log_p = F.log_softmax(self.logits(params), dim=-3)
+        bins = torch.round(x * (self.classes - 1)).long().unsqueeze(-3)
+        bins = bins.expand(*log_p.shape[:-3], 1, *log_p.shape[-2:])
+        return log_p.gather(-3, bins).squeeze(-3).sum((-3, -2, -1))
+
+    def mean(self, params: Tensor) -> Tensor:
+        """The expected intensity sum_k p_k k/255."""
+        probs = torch.softmax(self.logits(params), dim=-3)
+        levels = torch.arange(self.classes, dtype=probs.dtype, device=probs.device) / (self.classes - 1)
+        return (probs * levels.view(-1, 1, 1)).sum(-3)
+
+
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     Bernoulli.name: Bernoulli,
     DiscretizedLogistic.name: DiscretizedLogistic,
+    Categorical.name: Categorical,
 }
 
 

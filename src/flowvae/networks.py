@@ -5,7 +5,14 @@ resnet (the IAF paper's MNIST/CIFAR networks): three stride-2 3x3 ResNet blocks 
 `channels` (16, 32, 32), each followed by a stride-1 block, flattened (28x28 inputs are
 zero-padded to 32x32, giving 4x4x32 = 512), a dense ELU layer of `dense` units, then the
 heads; the decoder mirrors it with transposed convolutions; every layer weight-normalised.
-Both kinds also carry the posterior flow's sizes: context_dim (encoder context h), coupling_hidden
+gatedconv (van den Berg et al. 2018, the Sylvester-flows code): six 5x5 gated convolutions with
+32, 32, 64, 64, 64 channels (strides 1, 2, 1, 2, 1, padding 2) and a last one of 256 channels whose
+kernel spans the remaining H/4 x W/4 map; the decoder mirrors it with gated transposed convolutions
+(64, 64, 32, 32, 32, 32) and ends in a 1x1 convolution for Bernoulli and discretized logistic data,
+or a 5x5 convolution of 256 channels and a 1x1 one of 256 logits per channel for categorical data.
+A gated layer computes h * sigmoid(g) from two convolutions of the same shape (one convolution of
+twice the channels here, the same parameters as the code's two).
+All kinds also carry the posterior flow's sizes: context_dim (encoder context h), coupling_hidden
 (real-NVP) and made_layers (hidden layers of each IAF step's MADE).
 """
 
@@ -37,6 +44,13 @@ NET_DEFAULTS: dict[str, dict[str, Any]] = {
         "made_layers": 1,
         "channels": [16, 32, 32],
         "dense": 450,
+    },
+    "gatedconv": {
+        "kind": "gatedconv",
+        "z_dim": 64,
+        "context_dim": 256,
+        "coupling_hidden": 256,
+        "made_layers": 1,
     },
 }
 _INITIAL_LOG_STD = -2.0  # resnet encoder: q0 starts with std about 0.14
@@ -187,11 +201,109 @@ class ResNetDecoder(nn.Module):
         return out[:, :, top : top + self.image_hw[0], left : left + self.image_hw[1]]
 
 
+class GatedConv2d(nn.Module):
+    """h * sigmoid(g) for two convolutions (or transposed convolutions) h and g of the same shape.
+
+    Both are held as one weight of twice the output channels and run as one call; each half starts
+    as the Sylvester code's separate layer would (torch's default initialisation of that layer).
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel, stride: int, padding: int, output_padding: int = 0,
+                 transposed: bool = False) -> None:
+        super().__init__()
+        self.c_in, self.c_out, self.transposed = c_in, c_out, transposed
+        self.kernel, self.stride, self.padding, self.output_padding = kernel, stride, padding, output_padding
+        if transposed:
+            h, g = (nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, output_padding) for _ in range(2))
+        else:
+            h, g = (nn.Conv2d(c_in, c_out, kernel, stride, padding) for _ in range(2))
+        axis = 1 if transposed else 0  # the output-channel axis of the weight
+        self.weight = nn.Parameter(torch.cat([h.weight.detach(), g.weight.detach()], axis))
+        self.bias = nn.Parameter(torch.cat([h.bias.detach(), g.bias.detach()]))
+
+    def extra_repr(self) -> str:
+        """The layer as the Sylvester code would name it."""
+        kind = "transposed, " if self.transposed else ""
+        return (f"{self.c_in} -> {self.c_out}, h and g, {kind}kernel {self.kernel}, stride {self.stride}, "
+                f"padding {self.padding}" + (f", output padding {self.output_padding}" if self.output_padding else ""))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The gated output."""
+        if self.transposed:
+            out = F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding)
+        else:
+            out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        h, g = out.chunk(2, dim=1)
+        return h * torch.sigmoid(g)
+
+
+GATED_CHANNELS = (32, 32, 64, 64, 64)
+GATED_STRIDES = (1, 2, 1, 2, 1)
+GATED_FEATURES = 256
+
+
+def _gated_grid(image_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """The H/4 x W/4 map the last gated convolution spans; ValueError unless H and W are multiples of 4."""
+    _, height, width = image_shape
+    if height % 4 or width % 4:
+        raise ValueError(f"gatedconv networks need image height and width divisible by 4, not {height}x{width}")
+    return height // 4, width // 4
+
+
+class GatedConvEncoder(nn.Module):
+    """The Sylvester-flows encoder: gated convolutions to 256 features, then one linear head."""
+
+    def __init__(self, image_shape: tuple[int, int, int], z_dim: int, context_size: int) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        layers: list[nn.Module] = []
+        c_in = image_shape[0]
+        for c, stride in zip(GATED_CHANNELS, GATED_STRIDES):
+            layers.append(GatedConv2d(c_in, c, 5, stride, 2))
+            c_in = c
+        layers += [GatedConv2d(c_in, GATED_FEATURES, _gated_grid(image_shape), 1, 0), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(GATED_FEATURES, 2 * z_dim + context_size)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Posterior base parameters and context for a batch (B, C, H, W)."""
+        return _split_head(self.head(self.body(x)), self.z_dim)
+
+
+class GatedConvDecoder(nn.Module):
+    """The Sylvester-flows decoder: z as a 1x1 map through gated transposed convolutions, then the output layers."""
+
+    def __init__(self, image_shape: tuple[int, int, int], z_dim: int, out_channels: int, categorical: bool) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        channels = (64, 64, 32, 32, 32, 32)
+        strides = (1, 1, 2, 1, 2, 1)
+        layers: list[nn.Module] = [GatedConv2d(z_dim, channels[0], _gated_grid(image_shape), 1, 0, transposed=True)]
+        for c_in, c, stride in zip(channels, channels[1:], strides[1:]):
+            layers.append(GatedConv2d(c_in, c, 5, stride, 2, output_padding=stride - 1, transposed=True))
+        if categorical:
+            layers += [nn.Conv2d(channels[-1], GATED_FEATURES, 5, 1, 2), nn.Conv2d(GATED_FEATURES, out_channels, 1)]
+        else:
+            layers.append(nn.Conv2d(channels[-1], out_channels, 1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Likelihood parameters for latents z."""
+        return self.body(z.reshape(-1, self.z_dim, 1, 1))
+
+
 def build_networks(
-    net: dict[str, Any], image_shape: tuple[int, int, int], context_size: int, out_channels: int
+    net: dict[str, Any], image_shape: tuple[int, int, int], context_size: int, out_channels: int,
+    categorical: bool = False,
 ) -> tuple[nn.Module, nn.Module]:
-    """Encoder and decoder for the settings `net` (defaults filled in, unknown keys refused)."""
+    """Encoder and decoder for the settings `net` (defaults filled in, unknown keys refused);
+    `categorical` selects the gated-conv decoder's output layers for 256-way categorical data."""
     s = net_settings(net)
+    if s["kind"] == "gatedconv":
+        return (
+            GatedConvEncoder(image_shape, s["z_dim"], context_size),
+            GatedConvDecoder(image_shape, s["z_dim"], out_channels, categorical),
+        )
     if s["kind"] == "mlp":
         return (
             MLPEncoder(image_shape, s["hidden"], s["layers"], s["z_dim"], context_size),
