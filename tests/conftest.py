@@ -83,6 +83,21 @@ def tiny_params(root: Path, epochs: int = 3, **overrides) -> dict:
     }
 
 
+def add_gray_dataset(params: dict, root: Path, name: str, shape: tuple[int, int, int], likelihood: str,
+                     sizes: tuple[int, int, int]) -> None:
+    """Prepare an 8-bit data set of four grey levels with noise (learnable) under root, and add it to params."""
+    prepared = root / "prepared" / "test" / name
+    prepared.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "valid", "test"), sizes):
+        base = rng.integers(0, 4, (n, 1, 1, 1)) * 60
+        images = np.clip(base + rng.integers(0, 20, (n, *shape)), 0, 255).astype(np.uint8)
+        with open(prepared / f"{split}.npz", "wb") as f:
+            np.savez(f, x=images)
+    params["datasets"][name] = {"kind": "synthetic", "binarize": "none", "likelihood": likelihood, "shape": list(shape),
+                                "splits": dict(zip(("train", "valid", "test"), sizes))}
+
+
 @pytest.fixture
 def tiny(tmp_path):
     """A factory: tiny(model, **profile overrides) -> RunConfig on synthetic stripes."""

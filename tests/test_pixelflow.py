@@ -169,22 +169,13 @@ def test_variant_name_and_a_clear_error_for_a_shape_it_cannot_squeeze():
 
 
 def test_a_pixel_flow_trains_and_evaluates_through_the_same_commands(tmp_path):
-    from conftest import tiny_params
+    from conftest import add_gray_dataset, tiny_params
     from flowvae.config import run_config
     from flowvae.evaluate import evaluate
     from flowvae.train import Trainer
 
     params = tiny_params(tmp_path, epochs=2)
-    prepared = tmp_path / "prepared" / "test" / "gray"
-    prepared.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in [("train", 128), ("valid", 32), ("test", 32)]:
-        base = rng.integers(0, 4, (n, 1, 1, 1)) * 60  # four grey levels with noise: learnable
-        images = np.clip(base + rng.integers(0, 20, (n, 1, 8, 8)), 0, 255).astype(np.uint8)
-        with open(prepared / f"{split}.npz", "wb") as f:
-            np.savez(f, x=images)
-    params["datasets"]["gray"] = {"kind": "synthetic", "binarize": "none", "likelihood": "discretized_logistic",
-                                  "shape": [1, 8, 8], "splits": {"train": 128, "valid": 32, "test": 32}}
+    add_gray_dataset(params, tmp_path, "gray", (1, 8, 8), "discretized_logistic", (128, 32, 32))
     params["profiles"]["test"]["pixel_flow"] = {"channels": 8}
     cfg = run_config(params, "test", "gray", "realnvp_s2_b1", 0)
     out = tmp_path / "run"
