@@ -190,6 +190,17 @@ def test_reconstruction_metric_maps_to_published_neg_log_px_given_z(tmp_path: Pa
     assert r"$\Delta$ $-\log p(x|z)$" in tex and "rnvp" in tex
 
 
+def test_unverified_published_numbers_are_flagged_in_the_caption(tmp_path: Path) -> None:
+    csv = tmp_path / "p.csv"
+    csv.write_text("source,table,dataset,model,metric,value,note\n"
+                   'recalled,9,binarized_mnist,vae,neg_log_px,82.1,"Table 1; UNVERIFIED: the paper could not be read"\n'
+                   "checked,9,binarized_mnist,vae,neg_elbo,86.5,Table 1\n")
+    spec = {"dataset": "binarized_mnist", "rows": ["vae"], "metrics": ["neg_elbo", "neg_log_px"], "published": {"tables": [9]}}
+    md, _ = report.build_table("table9", spec, [_eval("vae")], report.load_published(csv), {})
+    assert "UNVERIFIED published numbers (recalled): the paper could not be read." in md
+    assert "(checked)" not in md.split("UNVERIFIED", 1)[1]
+
+
 def test_latex_booktabs_escaping_caption(published: pd.DataFrame) -> None:
     evals = [_eval("vae"), _eval("iaf_d2_w320"), _eval("vae_elbo5")]
     _, tex = report.build_table("table1", SPEC, evals, published, CONTEXT)

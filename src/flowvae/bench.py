@@ -9,8 +9,12 @@
 The networks are those of params.yaml: the MLP of the quick profile, the ResNet and the ladder of the
 paper profile, the gated convolutions of the sylvester profile. The `gatedconv_split` rows run the same
 gated-conv model with each gated layer as two convolutions (h and g, the layout of the Sylvester-flows
-code's models/layers.py), so that flowvae's layout can be compared with it on one machine. Training goes through the trainer's own step (flowvae.train.make_loss_fn): eager, under
-bfloat16 autocast (`bf16`, on CUDA by default) and compiled (`compiled`, unless --no-compile).
+code's models/layers.py), so that flowvae's layout can be compared with it on one machine; they also
+time importance sampling as that code does it (`IS encoding every sample`: each test image repeated
+K times through encoder and decoder, where flowvae encodes it once). Training goes through the
+trainer's own step (flowvae.train.make_loss_fn): eager, under bfloat16 autocast (`bf16`, on CUDA by
+default), compiled (`compiled`, unless --no-compile) and, for convolutional networks on a CPU, with
+the model in channels_last memory format (`ch-last`).
 
 Prints a table and writes JSON (default reports/bench.json). Numbers depend on the machine and
 on whatever else runs on it: run it on an idle machine and report the command with the figures.
@@ -34,6 +38,7 @@ from flowvae.data import Batches
 from flowvae.evaluate import importance_sample
 from flowvae.inference import BFloat16Decoder, has_convolutions, prepare_for_inference
 from flowvae.model import LatentVariableModel
+from flowvae.objectives import log_weights
 from flowvae.networks import GatedConv2d
 from flowvae.train import make_loss_fn
 
@@ -135,6 +140,28 @@ def is_rate(model: LatentVariableModel, shape, n_images: int, K: int, device, ma
 
 
 @torch.no_grad()
+def is_rate_encoding_every_sample(model: LatentVariableModel, shape, n_images: int, K: int, device, max_batch: int) -> float:
+    """Importance samples/s as the Sylvester code computes them: each image repeated K times through encoder and decoder."""
+    x = torch.from_numpy(_images(shape, n_images, shape == MNIST)).float().div(255).to(device)
+    chunk = max(1, min(K, max_batch))
+
+    def run(images: torch.Tensor) -> None:
+        for image in images:
+            done = 0
+            while done < K:
+                s = min(chunk, K - done)
+                log_weights(model(image.expand(s, *shape), n_samples=1))
+                done += s
+
+    run(x[:1])
+    _sync(device)
+    start = time.perf_counter()
+    run(x)
+    _sync(device)
+    return n_images * K / (time.perf_counter() - start)
+
+
+@torch.no_grad()
 def sample_ms(model: LatentVariableModel, n: int, device) -> float:
     """Milliseconds per image drawn from the prior and decoded (after one warm-up call of the same size)."""
     model.sample(n)
@@ -183,6 +210,8 @@ def bench_row(name: str, net_name: str, net: dict, shape, device, fast: bool, co
     if fast:
         n_images //= 2
     row["is_samples_per_s_eager"] = is_rate(model, shape, n_images, K, device, max_batch)
+    if split:
+        row["is_samples_per_s_code_style"] = is_rate_encoding_every_sample(model, shape, n_images, K, device, max_batch)
     if conv:
         prepare_for_inference(model, channels_last=True)
         row["is_samples_per_s_channels_last"] = is_rate(model, shape, n_images, K, device, max_batch)
@@ -219,6 +248,7 @@ COLUMNS = [
     ("train_images_per_s_channels_last", "train ch-last", "{:,.0f}"),
     ("train_peak_mib", "train peak MiB", "{:,.0f}"),
     ("is_samples_per_s_eager", "IS samples/s", "{:,.0f}"),
+    ("is_samples_per_s_code_style", "IS encoding every sample", "{:,.0f}"),
     ("is_samples_per_s_channels_last", "IS ch-last", "{:,.0f}"),
     ("is_samples_per_s_compiled", "IS compiled", "{:,.0f}"),
     ("prior_sample_ms_per_image", "ms/prior image", "{:.1f}"),

@@ -36,6 +36,7 @@ from flowvae.atomic import write_text
 from flowvae.metrics import BY_PUBLISHED, METRICS, Metric, metric
 
 PUBLISHED_COLUMNS = ("source", "table", "dataset", "model", "metric", "value", "note")
+UNVERIFIED = "UNVERIFIED"  # a note with this word: a number not checked against its source; captions say so
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 TABLE_SUFFIXES = (".md", ".tex")
 MISSING_MD = "—"
@@ -380,6 +381,10 @@ def _caption(
         parts.append(f"Also published ({source}, {label}): {values}.")
     if not shown and sources and not len(others):
         parts.append(f"Published numbers from {', '.join(sources)}.")
+    unverified = pub_here[pub_here["note"].str.contains(UNVERIFIED, regex=False)] if len(pub_here) else pub_here
+    for source, group in unverified.groupby("source", sort=False):
+        reason = group["note"].iloc[0].split(UNVERIFIED, 1)[1].lstrip(": ").strip()
+        parts.append(f"UNVERIFIED published numbers ({source}): {reason}.")
     mapped = [f"{m} as {p}" for m, p in pub_key.items() if m != p]
     if mapped:
         parts.append(f"Published rows matched: {', '.join(mapped)}.")
