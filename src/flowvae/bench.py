@@ -3,15 +3,13 @@
     python -m flowvae.bench                      # the standard table (quick MLP; paper ResNet; paper ladder r4, r20)
     python -m flowvae.bench --device cuda        # the same on a GPU, with bf16 and compiled training and peak memory
     python -m flowvae.bench --fast               # fewer repeats, no torch.compile
-    python -m flowvae.bench --only gatedconv     # the Sylvester profile's gated-conv VAE, with the Sylvester code's layer layout beside
+    python -m flowvae.bench --only gatedconv     # the Sylvester profile's gated-conv VAE, with IS timed as the Sylvester code does it
     python -m flowvae.bench --bf16-check RUN_DIR # |log p(x) change| with a bfloat16 decoder on a trained run
 
 The networks are those of params.yaml: the MLP of the quick profile, the ResNet and the ladder of the
-paper profile, the gated convolutions of the sylvester profile. The `gatedconv_split` rows run the same
-gated-conv model with each gated layer as two convolutions (h and g, the layout of the Sylvester-flows
-code's models/layers.py), so that flowvae's layout can be compared with it on one machine; they also
-time importance sampling as that code does it (`IS encoding every sample`: each test image repeated
-K times through encoder and decoder, where flowvae encodes it once). Training goes through the
+paper profile, the gated convolutions of the sylvester profile. The gated-conv rows also time importance
+sampling as the Sylvester-flows code does it (`IS encoding every sample`: each test image repeated K
+times through encoder and decoder, where flowvae encodes it once). Training goes through the
 trainer's own step (flowvae.train.make_loss_fn): eager, under bfloat16 autocast (`bf16`, on CUDA by
 default), compiled (`compiled`, unless --no-compile) and, for convolutional networks on a CPU, with
 the model in channels_last memory format (`ch-last`).
@@ -30,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from flowvae.atomic import write_json
 from flowvae.build import build_model, count_parameters
@@ -39,7 +36,6 @@ from flowvae.evaluate import importance_sample
 from flowvae.inference import BFloat16Decoder, has_convolutions, prepare_for_inference
 from flowvae.model import LatentVariableModel
 from flowvae.objectives import log_weights
-from flowvae.networks import GatedConv2d
 from flowvae.train import make_loss_fn
 
 MNIST = (1, 28, 28)
@@ -50,39 +46,17 @@ GATED_VARIANTS = ("vae", "osnf4_m8")
 NETWORKS = ("mlp", "resnet", "ladder", "gatedconv")
 
 
-def networks(params_path: str) -> dict[str, dict]:
-    """The benchmarked networks, from params.yaml: quick's MLP, paper's ResNet and ladder."""
+NETWORK_PROFILES = {"mlp": ("quick", "network"), "resnet": ("paper", "network"), "ladder": ("paper", "ladder"),
+                    "gatedconv": ("sylvester", "network")}
+
+
+def networks(params_path: str) -> dict[str, tuple[dict, int | None]]:
+    """The benchmarked networks from params.yaml, each with its profile's eval.max_batch (None: the default)."""
     from flowvae.config import load_params
 
     profiles = load_params(params_path)["profiles"]
-    return {"mlp": profiles["quick"]["network"], "resnet": profiles["paper"]["network"], "ladder": profiles["paper"]["ladder"],
-            "gatedconv": profiles["sylvester"]["network"]}
-
-
-class SplitGatedConv2d(nn.Module):
-    """A gated layer as the Sylvester code writes it: h(x) * sigmoid(g(x)) with two separate convolutions."""
-
-    def __init__(self, fused: GatedConv2d) -> None:
-        super().__init__()
-        make = nn.ConvTranspose2d if fused.transposed else nn.Conv2d
-        extra = {"output_padding": fused.output_padding} if fused.transposed else {}
-        axis = 1 if fused.transposed else 0
-        self.h, self.g = (make(fused.c_in, fused.c_out, fused.kernel, fused.stride, fused.padding, **extra) for _ in range(2))
-        for layer, weight, bias in zip((self.h, self.g), fused.weight.detach().chunk(2, axis), fused.bias.detach().chunk(2)):
-            layer.weight, layer.bias = nn.Parameter(weight.clone()), nn.Parameter(bias.clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The same output as the fused layer."""
-        return self.h(x) * torch.sigmoid(self.g(x))
-
-
-def split_gates(model: nn.Module) -> nn.Module:
-    """Replace every fused gated layer of model by its two-convolution form, in place."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, GatedConv2d):
-                setattr(parent, name, SplitGatedConv2d(child))
-    return model
+    return {net: (profiles[profile][block], profiles[profile]["eval"].get("max_batch"))
+            for net, (profile, block) in NETWORK_PROFILES.items()}
 
 
 def _images(shape: tuple[int, int, int], n: int, binary: bool) -> np.ndarray:
@@ -178,11 +152,11 @@ def _likelihood(shape) -> str:
     return "bernoulli" if shape == MNIST else "discretized_logistic"
 
 
-def bench_row(name: str, net_name: str, net: dict, shape, device, fast: bool, compile_decoder: bool, train_modes: tuple[str, ...]) -> dict:
+def bench_row(name: str, net_name: str, net: dict, shape, device, fast: bool, compile_decoder: bool, train_modes: tuple[str, ...],
+              max_batch: int | None = None) -> dict:
     """One row of the table."""
     torch.manual_seed(0)
-    split = net_name == "gatedconv_split"
-    build = lambda: (split_gates if split else (lambda m: m))(build_model(name, net, shape, _likelihood(shape))).to(device)  # noqa: E731
+    build = lambda: build_model(name, net, shape, _likelihood(shape)).to(device)  # noqa: E731
     model = build()
     init = torch.from_numpy(_images(shape, 16, shape == MNIST)).float().div(255).to(device)
     model.initialize(init)
@@ -205,12 +179,13 @@ def bench_row(name: str, net_name: str, net: dict, shape, device, fast: bool, co
             channels_last=mode == "channels_last",
         )
     prepare_for_inference(model, channels_last=False)
-    max_batch = 2_000 if conv else 20_000
+    max_batch = max_batch or (2_000 if conv else 20_000)  # evaluate's default where the profile sets none
+    row["is_max_batch"] = max_batch
     n_images, K = (20, 100) if conv else (200, 128)
     if fast:
         n_images //= 2
     row["is_samples_per_s_eager"] = is_rate(model, shape, n_images, K, device, max_batch)
-    if split:
+    if net_name == "gatedconv":
         row["is_samples_per_s_code_style"] = is_rate_encoding_every_sample(model, shape, n_images, K, device, max_batch)
     if conv:
         prepare_for_inference(model, channels_last=True)
@@ -223,17 +198,18 @@ def bench_row(name: str, net_name: str, net: dict, shape, device, fast: bool, co
     return row
 
 
-def run_benchmark(fast: bool, compile_decoder: bool, device, nets: dict[str, dict], train_modes: tuple[str, ...], only: str | None = None) -> list[dict]:
+def run_benchmark(fast: bool, compile_decoder: bool, device, nets: dict[str, tuple[dict, int | None]], train_modes: tuple[str, ...],
+                  only: str | None = None) -> list[dict]:
     """Every row of the standard table (or those of one network)."""
     plan = [(name, net_name, MNIST) for net_name in ("mlp", "resnet") for name in VARIANTS]
     plan += [(name, "ladder", CIFAR) for name in LADDERS]
-    plan += [(name, net_name, MNIST) for name in GATED_VARIANTS for net_name in ("gatedconv", "gatedconv_split")]
+    plan += [(name, "gatedconv", MNIST) for name in GATED_VARIANTS]
     rows = []
     for name, net_name, shape in plan:
-        if only and net_name.split("_")[0] != only:
+        if only and net_name != only:
             continue
-        net = nets[net_name.split("_")[0]]
-        rows.append(bench_row(name, net_name, net, shape, device, fast, compile_decoder, train_modes))
+        net, max_batch = nets[net_name]
+        rows.append(bench_row(name, net_name, net, shape, device, fast, compile_decoder, train_modes, max_batch))
         print(_format([rows[-1]], header=len(rows) == 1), flush=True)
     return rows
 
