@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gzip
 import hashlib
+import os
 import struct
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from flowvae.config import run_config
 TINY_SHAPE = (1, 8, 8)
 TRAIN_KEYS = {"epochs", "batch_size", "optimizer", "lr", "betas", "warmup_epochs", "patience", "ema", "amp"}
 
+
+# The data mirror of the pipeline runs (FLOWVAE_DATA_MIRROR, else ../shared/data beside the checkout):
+# only the checks of the real files read it.
+DATA_MIRROR = Path(os.environ.get("FLOWVAE_DATA_MIRROR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 def write_idx(path: Path, arr: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)

@@ -18,10 +18,10 @@ from flowvae import data, download
 from flowvae.data import Batches, DatasetSpec, load_split, prepare, read_amat, read_cifar_tar, read_idx
 from flowvae.download import DownloadError, RemoteFile, fetch
 
-from conftest import md5, write_amat, write_idx
+from conftest import DATA_MIRROR, md5, write_amat, write_idx
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = DATA_MIRROR
 
 
 def write_cifar(path: Path, n_per_batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -28,10 +28,10 @@ from flowvae.data import (
 from flowvae.download import DownloadError
 from flowvae.schema import ParamsError, validate_params
 
-from conftest import md5
+from conftest import DATA_MIRROR, md5
 
 REPO = Path(__file__).resolve().parents[1]
-FREY = REPO.parent / "shared" / "data" / "freyfaces" / "freyfaces.pkl"
+FREY = DATA_MIRROR / "freyfaces" / "freyfaces.pkl"
 
 
 @pytest.fixture(scope="module")
