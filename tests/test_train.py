@@ -60,8 +60,9 @@ class Killed(Exception):
     pass
 
 
-def test_kill_and_resume_gives_identical_weights(tiny, tmp_path, monkeypatch):
-    cfg = tiny("rnvp1", epochs=3, ema=0.9)
+@pytest.mark.parametrize("network", [None, {"kind": "gatedconv", "z_dim": 4}])  # MLP; convolutions, trained channels_last
+def test_kill_and_resume_gives_identical_weights(tiny, tmp_path, monkeypatch, network):
+    cfg = tiny("rnvp1", epochs=3, ema=0.9, **({"network": network} if network else {}))
     Trainer(cfg, tmp_path / "straight").run()
 
     calls = {"n": 0}
@@ -129,3 +130,10 @@ def test_cli_exits_non_zero_on_nan(tiny, tmp_path, monkeypatch, capsys):
     )
     assert code == 1
     assert "epoch 1, step 1" in capsys.readouterr().err
+
+
+def test_convolutional_models_train_channels_last_on_a_cpu(tiny, tmp_path):
+    conv = Trainer(tiny("vae", network={"kind": "gatedconv", "z_dim": 4}), tmp_path / "conv").model
+    assert conv.encoder.body[1].h.weight.is_contiguous(memory_format=torch.channels_last)
+    mlp = Trainer(tiny("vae"), tmp_path / "mlp").model
+    assert all(p.is_contiguous() for p in mlp.parameters())

@@ -40,6 +40,7 @@ from flowvae.atomic import atomic_path, write_json, write_text
 from flowvae.build import build_model
 from flowvae.config import RunConfig
 from flowvae.data import Batches, load_split
+from flowvae.inference import has_convolutions
 from flowvae.model import LatentVariableModel
 from flowvae.objectives import objective
 from flowvae.provenance import code_commit
@@ -226,6 +227,9 @@ class Trainer:
         self.train_batches = batches_for(cfg, "train", t.batch_size, True, cfg.seed, self.device)
         self.valid_batches = batches_for(cfg, "valid", t.batch_size, False, cfg.seed + 10_000, self.device)
         self.model = make_model(cfg).to(self.device)
+        if self.device.type == "cpu" and has_convolutions(self.model):
+            # bench: 1.13x on the gated-conv VAE, no change on the ResNet VAE and the ladder (CPU, 2 threads)
+            self.model.to(memory_format=torch.channels_last)
         self.model.initialize(next(self.train_batches.epoch(0)))
         optimizer = torch.optim.Adamax if t.optimizer == "adamax" else torch.optim.Adam
         self.optimizer = optimizer(self.model.parameters(), lr=float(t.lr), betas=tuple(t.betas))
