@@ -5,8 +5,8 @@ resnet (the IAF paper's MNIST/CIFAR networks): three stride-2 3x3 ResNet blocks 
 `channels` (16, 32, 32), each followed by a stride-1 block, flattened (28x28 inputs are
 zero-padded to 32x32, giving 4x4x32 = 512), a dense ELU layer of `dense` units, then the
 heads; the decoder mirrors it with transposed convolutions; every layer weight-normalised.
-gatedconv (van den Berg et al. 2018, the Sylvester-flows code): six 5x5 gated convolutions with
-32, 32, 64, 64, 64 channels (strides 1, 2, 1, 2, 1, padding 2) and a last one of 256 channels whose
+gatedconv (van den Berg et al. 2018, the Sylvester-flows code): five 5x5 gated convolutions with
+32, 32, 64, 64, 64 channels (strides 1, 2, 1, 2, 1, padding 2) and a sixth of 256 channels whose
 kernel spans the remaining H/4 x W/4 map; the decoder mirrors it with gated transposed convolutions
 (64, 64, 32, 32, 32, 32) and ends in a 1x1 convolution for Bernoulli and discretized logistic data,
 or a 5x5 convolution of 256 channels and a 1x1 one of 256 logits per channel for categorical data.
