@@ -1,6 +1,6 @@
 """Throughput benchmark: training images/s and importance samples/s per variant and network.
 
-    python -m flowvae.bench                      # the standard table (quick MLP; paper ResNet; paper ladder r4, r20)
+    python -m flowvae.bench                      # the standard table (quick MLP; paper ResNet and ladder r4, r20; sylvester gated conv)
     python -m flowvae.bench --device cuda        # the same on a GPU, with bf16 and compiled training and peak memory
     python -m flowvae.bench --fast               # fewer repeats, no torch.compile
     python -m flowvae.bench --only gatedconv     # the Sylvester profile's gated-conv VAE, with IS timed as the Sylvester code does it
