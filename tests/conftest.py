@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowvae.config import run_config
+from flowvae.spec.run import RunSpec
 
 TINY_SHAPE = (1, 8, 8)
 TRAIN_KEYS = {"epochs", "batch_size", "optimizer", "lr", "betas", "warmup_epochs", "patience", "ema", "amp"}
@@ -110,7 +110,7 @@ def tiny(tmp_path):
 
     def make(model: str = "vae", seed: int = 0, **overrides):
         params = tiny_params(tmp_path, **overrides)
-        return run_config(copy.deepcopy(params), "test", "stripes", model, seed)
+        return RunSpec.resolve(copy.deepcopy(params), "test", "stripes", model, seed)
 
     return make
 

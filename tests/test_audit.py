@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flowvae.audit import current_value, markdown_table, params_value_text, read_audit
+from flowvae.pipeline.audit import current_value, markdown_table, params_value_text, read_audit
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,9 +6,11 @@ import copy
 
 import pytest
 
-from flowvae import dvcgen, plan
-from flowvae.config import matching_budgets, resolved_train, run_settings
-from flowvae.schema import ParamsError, validate_params
+from flowvae.pipeline import dvcgen
+from flowvae.pipeline import plan
+from flowvae.spec.params import matching_budgets
+from flowvae.spec.run import RunSpec
+from flowvae.spec.schema import ParamsError, validate_params
 from conftest import tiny_params
 
 
@@ -29,18 +31,18 @@ def params(tmp_path):
 
 
 def test_a_budget_applies_to_its_profiles_data_sets_and_models_later_ones_winning(params):
-    assert resolved_train(params, "test", "stripes", "vae").epochs == 5
-    assert resolved_train(params, "test", "stripes", "vae").warmup_epochs == 1
-    assert resolved_train(params, "test", "stripes", "vae_iwae5").epochs == 2
-    assert resolved_train(params, "test", "stripes", "vae_iwae5").warmup_epochs == 1
-    assert resolved_train(params, "other", "stripes", "vae").epochs == 20
+    assert RunSpec.resolve(params, "test", "stripes", "vae", 0).train.epochs == 5
+    assert RunSpec.resolve(params, "test", "stripes", "vae", 0).train.warmup_epochs == 1
+    assert RunSpec.resolve(params, "test", "stripes", "vae_iwae5", 0).train.epochs == 2
+    assert RunSpec.resolve(params, "test", "stripes", "vae_iwae5", 0).train.warmup_epochs == 1
+    assert RunSpec.resolve(params, "other", "stripes", "vae", 0).train.epochs == 20
     assert matching_budgets(params, "stripes", "nf4", "test") == ["short"]
     assert matching_budgets(params, "stripes", "vae_iwae5", "other") == []
 
 
 def test_the_run_record_carries_the_budgeted_settings(params):
-    assert run_settings(params, "test", "stripes", "vae_iwae5", 0)["train"]["epochs"] == 2
-    assert run_settings(params, "other", "stripes", "vae_iwae5", 0)["train"]["epochs"] == 20
+    assert RunSpec.resolve(params, "test", "stripes", "vae_iwae5", 0).record()["train"]["epochs"] == 2
+    assert RunSpec.resolve(params, "other", "stripes", "vae_iwae5", 0).record()["train"]["epochs"] == 20
 
 
 def test_a_training_depends_on_exactly_the_budgets_that_can_match_it(params):

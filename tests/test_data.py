@@ -14,9 +14,14 @@ import pytest
 import torch
 import yaml
 
-from flowvae import data, download
-from flowvae.data import Batches, DatasetSpec, load_split, prepare, read_amat, read_cifar_tar, read_idx
-from flowvae.download import DownloadError, RemoteFile, fetch
+from flowvae.data import formats as data
+from flowvae.data import download
+from flowvae.data.batches import Batches
+from flowvae.spec.datasets import DatasetSpec
+from flowvae.data.prepare import load_split, prepare
+from flowvae.data.formats import read_amat, read_cifar_tar, read_idx
+from flowvae.data.download import DownloadError, fetch
+from flowvae.spec.datasets import RemoteFile
 
 from conftest import DATA_MIRROR, md5, write_amat, write_idx
 

@@ -14,19 +14,12 @@ import pytest
 import scipy.io
 import yaml
 
-from flowvae import download
-from flowvae.data import (
-    DataFormatError,
-    DatasetSpec,
-    load_split,
-    prepare,
-    read_caltech_mat,
-    read_freyfaces_pickle,
-    read_omniglot_mat,
-    seeded_order,
-)
-from flowvae.download import DownloadError
-from flowvae.schema import ParamsError, validate_params
+from flowvae.data import download
+from flowvae.data.formats import DataFormatError, read_caltech_mat, read_freyfaces_pickle, read_omniglot_mat, seeded_order
+from flowvae.spec.datasets import DatasetSpec
+from flowvae.data.prepare import load_split, prepare
+from flowvae.data.download import DownloadError
+from flowvae.spec.schema import ParamsError, validate_params
 
 from conftest import DATA_MIRROR, md5
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from flowvae.evaluate import LogMeanExp, active_units, evaluate, importance_sample, is_curve
-from flowvae.objectives import free_bits_kl, objective
-from flowvae.train import Trainer, batches_for, make_model
-from flowvae.model import VAEOutput
+from flowvae.runs.evaluate import LogMeanExp, active_units, evaluate, importance_sample, is_curve
+from flowvae.models.objectives import free_bits_kl, objective
+from flowvae.data.batches import batches_for
+from flowvae.models.build import build_model
+from flowvae.runs.train import Trainer
+from flowvae.models.contract import VAEOutput
 
 
 @pytest.fixture
@@ -42,8 +44,8 @@ def test_evaluate_writes_eval_json_and_samples(trained):
 
 def test_is_estimate_is_above_elbo_and_tightens_with_k(trained):
     cfg, out = trained
-    model = make_model(cfg)
-    from flowvae.train import load_weights
+    model = build_model(cfg)
+    from flowvae.runs.checkpoint import load_weights
 
     load_weights(model, out / "model.safetensors")
     model.eval()
@@ -60,7 +62,7 @@ def test_is_estimate_is_above_elbo_and_tightens_with_k(trained):
 def test_is_agrees_with_quadrature_for_a_2d_latent(tiny):
     cfg = tiny("vae", network={"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 2, "context_dim": 4})
     torch.manual_seed(1)
-    model = make_model(cfg).double().eval()
+    model = build_model(cfg).double().eval()
     x = next(batches_for(cfg, "test", 4, False, 0).epoch(0)).double()
     g = torch.linspace(-7, 7, 561, dtype=torch.float64)
     step = (g[1] - g[0]).item()
@@ -128,11 +130,11 @@ def test_running_log_mean_exp_matches_direct_computation():
 
 @pytest.mark.parametrize("net", [{"kind": "resnet", "channels": [4, 4, 4], "dense": 16, "z_dim": 2, "context_dim": 8}])
 def test_inference_preparation_does_not_change_the_estimate(net):
-    from flowvae.inference import prepare_for_inference
-    from flowvae.build import build_model
+    from flowvae.runs.inference import prepare_for_inference
+    from flowvae.models.build import build_variant
 
     torch.manual_seed(0)
-    model = build_model("iaf_d1_w8", net, (1, 28, 28), "bernoulli").eval()
+    model = build_variant("iaf_d1_w8", net, (1, 28, 28), "bernoulli").eval()
     x = (torch.rand(3, 1, 28, 28) < 0.3).float()
     torch.manual_seed(1)
     with torch.no_grad():
@@ -146,10 +148,10 @@ def test_inference_preparation_does_not_change_the_estimate(net):
 
 
 def test_the_2d_manifold_decodes_the_normal_quantiles(tiny):
-    from flowvae.evaluate import figure_arrays, manifold
+    from flowvae.runs.evaluate import figure_arrays, manifold
 
     cfg = tiny("iaf_d1_w8", network={"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 2, "context_dim": 4})
-    model = make_model(cfg).eval()
+    model = build_model(cfg).eval()
     arrays = manifold(model, n=5)
     q = arrays["manifold_quantiles"]
     assert q == pytest.approx([-1.2816, -0.5244, 0.0, 0.5244, 1.2816], abs=1e-4)  # Phi^-1(0.1, 0.3, ..., 0.9)
@@ -161,4 +163,4 @@ def test_the_2d_manifold_decodes_the_normal_quantiles(tiny):
     x = next(batches_for(cfg, "test", 4, False, 0).epoch(0))
     assert "manifold" in figure_arrays(model, x, seed=0)
     wide = tiny("vae", network={"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 3, "context_dim": 4})
-    assert "manifold" not in figure_arrays(make_model(wide).eval(), x, seed=0)
+    assert "manifold" not in figure_arrays(build_model(wide).eval(), x, seed=0)

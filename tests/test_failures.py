@@ -16,14 +16,15 @@ import torch
 import yaml
 
 from conftest import tiny_params
-from flowvae import cli, train
-from flowvae.config import run_config
-from flowvae.data import load_split
-from flowvae.errors import SettingsChanged
-from flowvae.evaluate import evaluate
-from flowvae.objectives import objective
-from flowvae.safeload import CorruptFileError
-from flowvae.train import Trainer
+from flowvae import cli
+from flowvae.runs import train
+from flowvae.spec.run import RunSpec
+from flowvae.data.prepare import load_split
+from flowvae.files.errors import SettingsChanged
+from flowvae.runs.evaluate import evaluate
+from flowvae.models.objectives import objective
+from flowvae.files.safeload import CorruptFileError
+from flowvae.runs.train import Trainer
 
 BIN = Path(sys.executable).parent
 
@@ -35,7 +36,7 @@ def params_file(tmp_path: Path, **overrides) -> Path:
 
 
 def cfg_from(path: Path, model: str = "vae"):
-    return run_config(yaml.safe_load(path.read_text()), "test", "stripes", model, 0)
+    return RunSpec.resolve(yaml.safe_load(path.read_text()), "test", "stripes", model, 0)
 
 
 def history(run: Path) -> list[dict]:
@@ -153,7 +154,8 @@ def test_two_identical_trainings_give_identical_bytes(tmp_path, monkeypatch):
 
 
 def test_prepared_files_have_the_same_bytes_every_time(tmp_path, monkeypatch):
-    from flowvae.data import DatasetSpec, prepare
+    from flowvae.spec.datasets import DatasetSpec
+    from flowvae.data.prepare import prepare
 
     params = tiny_params(tmp_path)
     spec = DatasetSpec.from_params("stripes", params["datasets"]["stripes"])
@@ -181,7 +183,8 @@ def _umask() -> int:
 
 
 def test_a_fetched_file_has_the_usual_file_mode(tmp_path):
-    from flowvae.download import RemoteFile, fetch
+    from flowvae.spec.datasets import RemoteFile
+    from flowvae.data.download import fetch
 
     mirror = tmp_path / "mirror"
     (mirror / "d").mkdir(parents=True)

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.autograd.functional import jacobian
 
-from flowvae.flows import MADE, AffineCoupling, Flow, IAFStep, Planar, Sylvester, iaf, real_nvp
-from flowvae.flows.sylvester import householder_product, orthogonalize
+from flowvae.models.flows import MADE, AffineCoupling, Flow, IAFStep, Planar, Sylvester, iaf, real_nvp
+from flowvae.models.flows.sylvester import householder_product, orthogonalize
 
 D, C, N = 5, 3, 4
 

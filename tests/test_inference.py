@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from flowvae.build import build_model
-from flowvae.inference import BFloat16Decoder, fold_weight_norm, has_convolutions, prepare_for_inference
-from flowvae.ladder import LadderVAE, WNConv2d, autoregressive_mask
-from flowvae.model import VAEOutput
+from flowvae.models.build import build_variant
+from flowvae.runs.inference import BFloat16Decoder, fold_weight_norm, has_convolutions, prepare_for_inference
+from flowvae.models.ladder import LadderVAE, WNConv2d, autoregressive_mask
+from flowvae.models.contract import VAEOutput
 
 LADDER = {"channels": 8, "z_channels": 2}
 SHAPE = (3, 8, 8)
@@ -28,7 +28,7 @@ def images(n: int) -> torch.Tensor:
 
 def ladder(posterior: str = "iaf") -> tuple[LadderVAE, torch.Tensor]:
     """A tiny initialised two-rung ladder and the batch it was initialised on."""
-    m = build_model(f"resvae_r2_{posterior}", LADDER, SHAPE, "discretized_logistic")
+    m = build_variant(f"resvae_r2_{posterior}", LADDER, SHAPE, "discretized_logistic")
     x = images(4)
     m.initialize(x)
     return m.eval(), x
@@ -48,8 +48,8 @@ def assert_outputs_close(a: VAEOutput, b: VAEOutput, atol: float, rtol: float) -
 
 def test_has_convolutions_recognises_every_convolutional_model() -> None:
     assert has_convolutions(ladder()[0])  # weight-normalised WNConv2d only
-    assert has_convolutions(build_model("vae", {"kind": "resnet", "z_dim": 4}, (1, 28, 28), "bernoulli"))
-    assert not has_convolutions(build_model("vae", {"kind": "mlp", "z_dim": 4}, (1, 28, 28), "bernoulli"))
+    assert has_convolutions(build_variant("vae", {"kind": "resnet", "z_dim": 4}, (1, 28, 28), "bernoulli"))
+    assert not has_convolutions(build_variant("vae", {"kind": "mlp", "z_dim": 4}, (1, 28, 28), "bernoulli"))
 
 
 @pytest.mark.parametrize("transpose", [False, True])
@@ -80,7 +80,7 @@ def test_prepare_folds_the_ladders_weight_norm_and_keeps_its_outputs() -> None:
 
 
 def test_prepare_folds_torch_weight_norm_of_the_resnet_vae() -> None:
-    m = build_model("iaf_d1_w8", {"kind": "resnet", "z_dim": 4, "context_dim": 4}, (1, 28, 28), "bernoulli").eval()
+    m = build_variant("iaf_d1_w8", {"kind": "resnet", "z_dim": 4, "context_dim": 4}, (1, 28, 28), "bernoulli").eval()
     x = (torch.rand(2, 1, 28, 28) > 0.5).float()
     eager = run(m, x)
     fold_weight_norm(m)
@@ -129,7 +129,7 @@ def test_ladder_with_a_bfloat16_decoder(posterior: str) -> None:
 
 
 def test_vae_with_a_bfloat16_decoder() -> None:
-    m = build_model("iaf_d1_w8", {"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 4}, (1, 8, 8), "bernoulli")
+    m = build_variant("iaf_d1_w8", {"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 4}, (1, 8, 8), "bernoulli")
     x = (torch.rand(3, 1, 8, 8) > 0.5).float()
     reference = run(m, x)
     prepare_for_inference(m, decoder_bf16=True)

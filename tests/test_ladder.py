@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from flowvae.build import build_model, count_parameters, describe
-from flowvae.ladder import LADDER_DEFAULTS, LadderVAE, MaskedIAF, WNConv2d, autoregressive_mask
-from flowvae.model import VAEOutput
-from flowvae.objectives import objective
+from flowvae.models.build import build_variant, count_parameters, describe
+from flowvae.models.ladder import LadderVAE, MaskedIAF, WNConv2d, autoregressive_mask
+from flowvae.models.contract import VAEOutput
+from flowvae.models.objectives import objective
+from flowvae.spec.settings import LadderSettings
 
 TINY = {"channels": 4, "z_channels": 2}
 
@@ -32,7 +33,7 @@ def images(n: int, shape: tuple[int, int, int] = (3, 32, 32)) -> torch.Tensor:
 
 def model(name: str, shape: tuple[int, int, int] = (3, 8, 8), **settings) -> LadderVAE:
     """A tiny ladder with the discretized logistic likelihood."""
-    return build_model(name, {**TINY, **settings}, shape, "discretized_logistic")
+    return build_variant(name, {**TINY, **settings}, shape, "discretized_logistic")
 
 
 @pytest.mark.parametrize("strict", [True, False], ids=["mask_A", "mask_B"])
@@ -99,7 +100,7 @@ def test_conv_iaf_is_a_flow_with_per_image_log_det_and_an_inverse() -> None:
 
 def test_log_q_is_the_density_of_the_final_latent() -> None:
     """One IAF rung in float64: log q = base log-density - log|det| of the autograd Jacobian."""
-    m = build_model("resvae_r1_iaf", {"channels": 4, "z_channels": 2}, (1, 4, 4), "bernoulli").double()
+    m = build_variant("resvae_r1_iaf", {"channels": 4, "z_channels": 2}, (1, 4, 4), "bernoulli").double()
     with torch.no_grad():
         for conv in m.decoder.flows[0].modules():
             if isinstance(conv, WNConv2d):
@@ -166,7 +167,7 @@ def test_bits_per_dim_is_nats_over_3072_ln2() -> None:
     "rungs, posterior, stages", [(1, "iaf", 1), (2, "gauss", 2), (5, "iaf", 2), (20, "gauss", 1), (20, "iaf", 2)]
 )
 def test_shapes_for_1_to_20_rungs(rungs: int, posterior: str, stages: int) -> None:
-    m = build_model(f"resvae_r{rungs}_{posterior}", {"channels": 4, "z_channels": 1, "stages": stages},
+    m = build_variant(f"resvae_r{rungs}_{posterior}", {"channels": 4, "z_channels": 1, "stages": stages},
                     (3, 8, 8), "discretized_logistic")
     calls = []
     m.encoder.register_forward_hook(lambda *_: calls.append(1))
@@ -256,12 +257,12 @@ def test_describe_lists_every_part() -> None:
 
 
 def test_settings_defaults_and_errors() -> None:
-    m = build_model("resvae_r1_gauss", {}, (3, 32, 32), "discretized_logistic")
-    assert m.settings == LADDER_DEFAULTS and m.latent_dim == 32 * 16 * 16
-    assert m.free_bits == LADDER_DEFAULTS["free_bits"] and model("resvae_r1_gauss", free_bits=0.5).free_bits == 0.5
+    m = build_variant("resvae_r1_gauss", {}, (3, 32, 32), "discretized_logistic")
+    assert m.settings == LadderSettings() and m.latent_dim == 32 * 16 * 16
+    assert m.free_bits == LadderSettings().free_bits and model("resvae_r1_gauss", free_bits=0.5).free_bits == 0.5
     with pytest.raises(ValueError, match="chanels"):
-        build_model("resvae_r1_gauss", {"chanels": 4}, (3, 8, 8), "discretized_logistic")
+        build_variant("resvae_r1_gauss", {"chanels": 4}, (3, 8, 8), "discretized_logistic")
     with pytest.raises(ValueError, match="z_channels"):
-        build_model("resvae_r1_gauss", {"z_channels": 0}, (3, 8, 8), "discretized_logistic")
+        build_variant("resvae_r1_gauss", {"z_channels": 0}, (3, 8, 8), "discretized_logistic")
     with pytest.raises(ValueError, match="divisible"):
-        build_model("resvae_r2_gauss", {**TINY, "stages": 2}, (3, 6, 6), "discretized_logistic")
+        build_variant("resvae_r2_gauss", {**TINY, "stages": 2}, (3, 6, 6), "discretized_logistic")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowvae.likelihoods import Bernoulli, DiscretizedLogistic, get_likelihood
+from flowvae.models.likelihoods import Bernoulli, DiscretizedLogistic, get_likelihood
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 255
 

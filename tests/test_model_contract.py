@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import flowvae
-from flowvae.build import build_model, describe
-from flowvae.ladder import LadderVAE
-from flowvae.model import LatentVariableModel, VAEOutput
-from flowvae.vae import VAE
+from flowvae.models.build import build_variant, describe
+from flowvae.models.ladder import LadderVAE
+from flowvae.models.contract import LatentVariableModel, VAEOutput
+from flowvae.models.vae import VAE
 
 SRC = Path(flowvae.__file__).parent
 MLP = {"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 2, "context_dim": 3}
@@ -25,8 +25,8 @@ def models() -> dict[str, LatentVariableModel]:
     """One model of each kind."""
     torch.manual_seed(0)
     return {
-        "vae": build_model("iaf_d1_w8", MLP, (1, 8, 8), "bernoulli"),
-        "ladder": build_model("resvae_r2_iaf", LADDER, (3, 8, 8), "discretized_logistic"),
+        "vae": build_variant("iaf_d1_w8", MLP, (1, 8, 8), "bernoulli"),
+        "ladder": build_variant("resvae_r2_iaf", LADDER, (3, 8, 8), "discretized_logistic"),
     }
 
 
@@ -51,8 +51,8 @@ def test_every_contract_member_is_set(kind: str) -> None:
 def test_the_two_kinds_differ_only_in_declared_members() -> None:
     vae, ladder = models()["vae"], models()["ladder"]
     assert type(vae) is VAE and type(ladder) is LadderVAE
-    assert vae.has_posterior_density and vae.free_bits == 0.0 and vae.settings["made_layers"] == 1
-    assert not ladder.has_posterior_density and ladder.free_bits == 0.25 and ladder.settings["free_bits"] == 0.25
+    assert vae.has_posterior_density and vae.free_bits == 0.0 and vae.settings.made_layers == 1
+    assert not ladder.has_posterior_density and ladder.free_bits == 0.25 and ladder.settings.free_bits == 0.25
     x = torch.rand(1, 3, 8, 8)
     with pytest.raises(NotImplementedError, match="LadderVAE"):
         ladder.log_q(torch.zeros(1, 1, ladder.latent_dim), x)
@@ -64,21 +64,21 @@ def test_the_two_kinds_differ_only_in_declared_members() -> None:
 
 
 def test_vae_output_is_defined_once() -> None:
-    import flowvae.ladder
-    import flowvae.vae
+    import flowvae.models.ladder
+    import flowvae.models.vae
 
-    assert flowvae.vae.VAEOutput is flowvae.ladder.VAEOutput is VAEOutput
+    assert flowvae.models.vae.VAEOutput is flowvae.models.ladder.VAEOutput is VAEOutput
     defined = [p.name for p in SRC.rglob("*.py") if "class VAEOutput" in p.read_text()]
-    assert defined == ["model.py"]
+    assert defined == ["contract.py"]
 
 
-@pytest.mark.parametrize("module, other", [("vae", "ladder"), ("ladder", "vae")])
+@pytest.mark.parametrize("module, other", [("models.vae", "models.ladder"), ("models.ladder", "models.vae")])
 def test_no_import_cycle_between_vae_and_ladder(module: str, other: str) -> None:
     code = f"import sys, flowvae.{module}; assert 'flowvae.{other}' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("name", ["model.py", "vae.py", "ladder.py", "build.py", "inference.py", "bench.py"])
+@pytest.mark.parametrize("name", ["models/contract.py", "models/vae.py", "models/ladder.py", "models/build.py", "runs/inference.py", "bench.py"])
 def test_no_attribute_probing(name: str) -> None:
     """Callers use the contract's members; nothing asks a model what it has."""
     tree = ast.parse((SRC / name).read_text())

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from flowvae.build import build_model
-from flowvae.networks import NET_DEFAULTS, ResNetDecoder, ResNetEncoder, build_networks, net_settings
+from flowvae.models.build import build_variant
+from flowvae.models.networks import ResNetDecoder, ResNetEncoder, build_networks
+from flowvae.spec.settings import NETWORK_DEFAULTS, NetworkSettings
 
 
 @pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 32, 32)])
@@ -26,7 +27,7 @@ def test_resnet_forward_pass(image_shape: tuple[int, int, int]) -> None:
 
 
 def test_resnet_layers_are_all_weight_normalised() -> None:
-    encoder, decoder = build_networks({"kind": "resnet", "z_dim": 4}, (3, 32, 32), 6, 6)
+    encoder, decoder = build_networks(NetworkSettings.from_params({"kind": "resnet", "z_dim": 4}), (3, 32, 32), 6, 6)
     kinds = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
     layers = [m for net in (encoder, decoder) for m in net.modules() if isinstance(m, kinds)]
     assert len(layers) > 20
@@ -34,7 +35,7 @@ def test_resnet_layers_are_all_weight_normalised() -> None:
 
 
 def test_mlp_forward_pass() -> None:
-    encoder, decoder = build_networks({"kind": "mlp", "hidden": 16, "layers": 3, "z_dim": 4}, (1, 28, 28), 7, 1)
+    encoder, decoder = build_networks(NetworkSettings.from_params({"kind": "mlp", "hidden": 16, "layers": 3, "z_dim": 4}), (1, 28, 28), 7, 1)
     mu, log_std, h = encoder(torch.rand(2, 1, 28, 28))
     assert mu.shape == log_std.shape == (2, 4) and h.shape == (2, 7)
     assert decoder(mu).shape == (2, 1, 28, 28)
@@ -42,22 +43,23 @@ def test_mlp_forward_pass() -> None:
 
 
 def test_net_settings_fill_defaults_and_refuse_unknown_keys() -> None:
-    assert net_settings({"hidden": 8})["layers"] == 2
-    assert net_settings({"kind": "resnet"})["channels"] == [16, 32, 32]
+    assert NetworkSettings.from_params({"hidden": 8}).layers == 2
+    assert NetworkSettings.from_params({"kind": "resnet"}).record()["channels"] == [16, 32, 32]
+    assert "hidden" not in NetworkSettings.from_params({"kind": "resnet"}).record()
     with pytest.raises(ValueError, match="hiden"):
-        net_settings({"kind": "mlp", "hiden": 8})
+        NetworkSettings.from_params({"kind": "mlp", "hiden": 8})
     with pytest.raises(ValueError, match="dense"):
-        net_settings({"kind": "mlp", "dense": 8})
+        NetworkSettings.from_params({"kind": "mlp", "dense": 8})
     with pytest.raises(ValueError, match="resnet"):
-        net_settings({"kind": "transformer"})
+        NetworkSettings.from_params({"kind": "transformer"})
 
 
 def test_made_layers_setting_reaches_every_iaf_step() -> None:
-    assert NET_DEFAULTS["mlp"]["made_layers"] == NET_DEFAULTS["resnet"]["made_layers"] == 1
+    assert NETWORK_DEFAULTS["mlp"]["made_layers"] == NETWORK_DEFAULTS["resnet"]["made_layers"] == 1
     net = {"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 4, "context_dim": 3}
-    one = build_model("iaf_d2_w16", net, (1, 8, 8), "bernoulli")
-    two = build_model("iaf_d2_w16", {**net, "made_layers": 2}, (1, 8, 8), "bernoulli")
-    assert two.settings["made_layers"] == 2
+    one = build_variant("iaf_d2_w16", net, (1, 8, 8), "bernoulli")
+    two = build_variant("iaf_d2_w16", {**net, "made_layers": 2}, (1, 8, 8), "bernoulli")
+    assert two.settings.made_layers == 2
     assert [len(s.hyper.made.deeper) for s in one.flow.steps] == [0, 0]
     assert [len(s.hyper.made.deeper) for s in two.flow.steps] == [1, 1]
     size = [sum(p.numel() for p in m.flow.parameters()) for m in (one, two)]
@@ -82,13 +84,13 @@ def test_gatedconv_osnf4_m8_has_the_sylvester_codes_parameter_count() -> None:
     q_z = 2 * (feats * z + z)  # q_z_mean, q_z_var
     amortized = sum(feats * n + n for n in (k * m * m, k * m, k * m, k * z * m, k * m))  # amor_d, diag1, diag2, q, b
     decoder = (_gated(z, 64, 7) + _gated(64, 64, 5) + _gated(64, 32, 5) + _gated(32, 32, 5) * 3 + _conv(32, 1, 1))
-    model = build_model("osnf4_m8", {"kind": "gatedconv"}, (1, 28, 28), "bernoulli")
+    model = build_variant("osnf4_m8", {"kind": "gatedconv"}, (1, 28, 28), "bernoulli")
     assert sum(p.numel() for p in model.parameters()) == encoder + q_z + amortized + decoder == 3_683_905
 
 
 def test_gatedconv_categorical_output_layers_on_frey_faces_shape() -> None:
     z = 64
-    model = build_model("vae", {"kind": "gatedconv"}, (1, 28, 20), "categorical")
+    model = build_variant("vae", {"kind": "gatedconv"}, (1, 28, 20), "categorical")
     decoder = (_gated(z, 64, 7, 5) + _gated(64, 64, 5) + _gated(64, 32, 5) + _gated(32, 32, 5) * 3
                + _conv(32, 256, 5) + _conv(256, 256, 1))
     assert sum(p.numel() for p in model.decoder.parameters()) == decoder
@@ -101,7 +103,7 @@ def test_gatedconv_categorical_output_layers_on_frey_faces_shape() -> None:
 
 def test_gated_layers_are_named_as_in_the_sylvester_code() -> None:
     """Each gated layer holds h and g, so a state dict maps onto the code's q_z_nn / p_x_nn layer by layer."""
-    model = build_model("vae", {"kind": "gatedconv"}, (1, 28, 28), "bernoulli")
+    model = build_variant("vae", {"kind": "gatedconv"}, (1, 28, 28), "bernoulli")
     names = [n for n in model.state_dict() if n.startswith("encoder.body.0.")]
     assert names == ["encoder.body.0.h.weight", "encoder.body.0.h.bias", "encoder.body.0.g.weight", "encoder.body.0.g.bias"]
     layer = model.encoder.body[1]
@@ -112,4 +114,4 @@ def test_gated_layers_are_named_as_in_the_sylvester_code() -> None:
 
 def test_gatedconv_refuses_sizes_it_cannot_mirror() -> None:
     with pytest.raises(ValueError, match="divisible by 4"):
-        build_networks({"kind": "gatedconv"}, (1, 30, 28), 0, 1)
+        build_networks(NetworkSettings.from_params({"kind": "gatedconv"}), (1, 30, 28), 0, 1)

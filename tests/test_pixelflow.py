@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from flowvae.build import build_model
-from flowvae.pixelflow import Coupling, MultiScaleFlow, RealNVPDensity, Scale, squeeze, unsqueeze
-from flowvae.variants import parse_variant
+from flowvae.models.build import build_variant
+from flowvae.models.pixelflow import Coupling, MultiScaleFlow, RealNVPDensity, Scale, squeeze, unsqueeze
+from flowvae.spec.variants import parse_variant
 
 torch.set_default_dtype(torch.float32)
 
@@ -27,7 +27,7 @@ def _perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torc
 
 
 def _model(name: str, shape, channels: int = 4, dtype=torch.float64) -> RealNVPDensity:
-    return build_model(name, {"channels": channels}, shape, "discretized_logistic").to(dtype)
+    return build_variant(name, {"channels": channels}, shape, "discretized_logistic").to(dtype)
 
 
 def _jacobian_log_det(f, x: torch.Tensor) -> torch.Tensor:
@@ -165,19 +165,19 @@ def test_variant_name_and_a_clear_error_for_a_shape_it_cannot_squeeze():
     with pytest.raises(ValueError, match=r"scale 3 has an odd side \(7x7\)"):
         _model("realnvp_s4_b1", (1, 28, 28))
     with pytest.raises(ValueError, match="8-bit images"):
-        build_model("realnvp_s2_b1", {}, (1, 28, 28), "bernoulli")
+        build_variant("realnvp_s2_b1", {}, (1, 28, 28), "bernoulli")
 
 
 def test_a_pixel_flow_trains_and_evaluates_through_the_same_commands(tmp_path):
     from conftest import add_gray_dataset, tiny_params
-    from flowvae.config import run_config
-    from flowvae.evaluate import evaluate
-    from flowvae.train import Trainer
+    from flowvae.spec.run import RunSpec
+    from flowvae.runs.evaluate import evaluate
+    from flowvae.runs.train import Trainer
 
     params = tiny_params(tmp_path, epochs=2)
     add_gray_dataset(params, tmp_path, "gray", (1, 8, 8), "discretized_logistic", (128, 32, 32))
     params["profiles"]["test"]["pixel_flow"] = {"channels": 8}
-    cfg = run_config(params, "test", "gray", "realnvp_s2_b1", 0)
+    cfg = RunSpec.resolve(params, "test", "gray", "realnvp_s2_b1", 0)
     out = tmp_path / "run"
     Trainer(cfg, out).run()
     history = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from flowvae import report
+from flowvae import cli
+from flowvae.report import inputs, summary as summary_page, tables as report
 
 SPEC = {
     "title": "Binarized MNIST: diagonal Gaussian vs IAF posteriors",
@@ -52,8 +53,8 @@ def published(tmp_path: Path) -> pd.DataFrame:
         ("paper_d", None, "cifar10", "realnvp_density", "bits_per_dim", 3.49, "no table"),
     ]
     path = tmp_path / "paper_results.csv"
-    pd.DataFrame(rows, columns=list(report.PUBLISHED_COLUMNS)).to_csv(path, index=False)
-    return report.load_published(path)
+    pd.DataFrame(rows, columns=list(inputs.PUBLISHED_COLUMNS)).to_csv(path, index=False)
+    return inputs.load_published(path)
 
 
 def _md_rows(markdown: str) -> list[list[str]]:
@@ -172,7 +173,7 @@ def test_bits_per_dim_table_uses_bits_fields(tmp_path: Path) -> None:
             "units": "bits_per_dim", "published": {"tables": [3], "sources": ["rep"]}}
     ev = _eval("vae", dataset="cifar10", neg_log_px=4500.0, neg_log_px_se=3.0,
                bits_per_dim={"neg_elbo": 6.500, "neg_log_px": 6.450})
-    md, _ = report.build_table("table3", spec, [ev], report.load_published(csv), {"profile": "quick"})
+    md, _ = report.build_table("table3", spec, [ev], inputs.load_published(csv), {"profile": "quick"})
     assert _column(md, "-log p(x) (bits/dim)") == [f"6.450 ± {3.0 * 6.45 / 4500:.3f}"]
     assert _published_of(md, "-ELBO (bits/dim)") == ["6.460"]
     assert _column(md, "Δ -log p(x) (bits/dim)") == [f"{6.450 - 6.431:+.3f}"]
@@ -184,7 +185,7 @@ def test_reconstruction_metric_maps_to_published_neg_log_px_given_z(tmp_path: Pa
     csv.write_text("source,table,dataset,model,metric,value,note\n"
                    "rnvp,5,binarized_mnist,nf4,neg_log_px_given_z,65.5,\n")
     spec = {"dataset": "binarized_mnist", "rows": ["nf4"], "metrics": ["recon"], "published": {"tables": [5]}}
-    md, tex = report.build_table("table5", spec, [_eval("nf4", recon=60.25)], report.load_published(csv), {})
+    md, tex = report.build_table("table5", spec, [_eval("nf4", recon=60.25)], inputs.load_published(csv), {})
     assert _md_header(md)[1:] == [r"-log p(x\|z)", "published", r"Δ -log p(x\|z)"]
     assert _md_rows(md) == [["nf4", "60.25", "65.50", f"{60.25 - 65.5:+.2f}"]]
     assert r"$\Delta$ $-\log p(x|z)$" in tex and "rnvp" in tex
@@ -196,7 +197,7 @@ def test_unverified_published_numbers_are_flagged_in_the_caption(tmp_path: Path)
                    'recalled,9,binarized_mnist,vae,neg_log_px,82.1,"Table 1; UNVERIFIED: the paper could not be read"\n'
                    "checked,9,binarized_mnist,vae,neg_elbo,86.5,Table 1\n")
     spec = {"dataset": "binarized_mnist", "rows": ["vae"], "metrics": ["neg_elbo", "neg_log_px"], "published": {"tables": [9]}}
-    md, _ = report.build_table("table9", spec, [_eval("vae")], report.load_published(csv), {})
+    md, _ = report.build_table("table9", spec, [_eval("vae")], inputs.load_published(csv), {})
     assert "UNVERIFIED published numbers (recalled): the paper could not be read." in md
     assert "(checked)" not in md.split("UNVERIFIED", 1)[1]
 
@@ -212,7 +213,7 @@ def test_latex_booktabs_escaping_caption(published: pd.DataFrame) -> None:
     assert r"\label{tab:table1}" in tex
 
 
-def test_write_table_and_cli(tmp_path: Path, published: pd.DataFrame, monkeypatch) -> None:
+def test_write_table_and_cli(tmp_path: Path, published: pd.DataFrame, monkeypatch, capsys) -> None:
     from conftest import tiny_params
 
     params = tiny_params(tmp_path, epochs=30)
@@ -229,19 +230,19 @@ def test_write_table_and_cli(tmp_path: Path, published: pd.DataFrame, monkeypatc
         path.write_text(json.dumps(_eval(model)))
         files.append(str(path))
     out_md, out_tex = tmp_path / "reports" / "table1.md", tmp_path / "reports" / "table1.tex"
-    argv = ["table", "--params", str(tmp_path / "params.yaml"), "--table", "table1", "--published", str(csv),
+    argv = ["report", "table", "--params", str(tmp_path / "params.yaml"), "--table", "table1", "--published", str(csv),
             "--out-md", str(out_md), "--out-tex", str(out_tex), *files]
-    assert report.main(argv) == 0
+    assert cli.main(argv) == 0
     assert "| vae " in out_md.read_text() and r"\bottomrule" in out_tex.read_text()
     assert sorted(p.name for p in out_md.parent.iterdir()) == ["table1.md", "table1.tex"]  # no temporaries left
-    with pytest.raises(SystemExit, match="vae_elbo5"):
-        report.main(argv[:-1])
+    assert cli.main(argv[:-1]) == 1
+    assert "vae_elbo5" in capsys.readouterr().err
     figures = tmp_path / "reports" / "figures"
     figures.mkdir()
     for name in ("flow_steps_binarized_mnist.png", "flow_steps_binarized_mnist.pdf"):
         (figures / name).write_bytes(b"\x89PNG")
     summary = tmp_path / "reports" / "summary.md"
-    assert report.main(["summary", "--out", str(summary), str(out_md), str(out_tex), str(figures)]) == 0
+    assert cli.main(["report", "summary", "--out", str(summary), str(out_md), str(out_tex), str(figures)]) == 0
     text = summary.read_text()
     assert "(table1.md)" in text and "(table1.tex)" in text
     assert "![flow_steps_binarized_mnist](figures/flow_steps_binarized_mnist.png)" in text
@@ -252,7 +253,7 @@ def test_write_table_and_cli(tmp_path: Path, published: pd.DataFrame, monkeypatc
 def test_build_summary_orders_tables_naturally(tmp_path: Path) -> None:
     for n in (10, 2):
         (tmp_path / f"table{n}.md").write_text(f"**Table {n}**\n")
-    text = report.build_summary([tmp_path / "table10.md", tmp_path / "table2.md"], [], base_dir=tmp_path)
+    text = summary_page.build_summary([tmp_path / "table10.md", tmp_path / "table2.md"], [], base_dir=tmp_path)
     assert text.index("**Table 2**") < text.index("**Table 10**")
     assert "[table2.md](table2.md)" in text
 
@@ -260,5 +261,5 @@ def test_build_summary_orders_tables_naturally(tmp_path: Path) -> None:
 def test_report_does_not_import_torch() -> None:
     import subprocess
 
-    code = "import sys, flowvae.report; sys.exit('torch' in sys.modules)"
+    code = "import sys, flowvae.report.tables, flowvae.report.summary; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

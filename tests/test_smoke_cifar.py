@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flowvae.config import prepared_dir, run_config, source_dataset
-from flowvae.data import DatasetSpec, prepare
-from flowvae.evaluate import evaluate
-from flowvae.train import Trainer
+from flowvae.spec.layout import prepared_dir
+from flowvae.spec.params import source_dataset
+from flowvae.spec.run import RunSpec
+from flowvae.spec.datasets import DatasetSpec
+from flowvae.data.prepare import prepare
+from flowvae.runs.evaluate import evaluate
+from flowvae.runs.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +36,7 @@ def smoke(tmp_path_factory):
 def test_every_cifar_variant_trains_and_evaluates(smoke, table):
     params, root = smoke
     for row in params["tables"][table]["rows"]:
-        cfg = run_config(params, "smoke", "cifar10", row["model"], 0)
+        cfg = RunSpec.resolve(params, "smoke", "cifar10", row["model"], 0)
         out = root / "results" / row["model"]
         Trainer(cfg, out).run()
         metrics = evaluate(cfg, out)

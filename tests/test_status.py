@@ -1,4 +1,4 @@
-"""flowvae.status: run folders written by hand (no training), the clock given through `now`."""
+"""flowvae.pipeline.status: run folders written by hand (no training), the clock given through `now`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from conftest import tiny_params
-from flowvae import status
-from flowvae.plan import Run
-from flowvae.status import format_status, run_status
+from flowvae import cli
+from flowvae.pipeline import status
+from flowvae.pipeline.plan import Run
+from flowvae.pipeline.status import format_status, run_status
 
 NOW = 1_700_000_000.0
 PROFILE = "test"
@@ -182,11 +183,11 @@ def project(params, tmp_path):
 
 def test_main_filters_by_table(project, capsys):
     write_evaluated(project, Run("stripes", "rnvp2", 0), neg_log_px=91.0)
-    assert status.main(["--root", str(project), "--table", "t2"]) == 0
+    assert cli.main(["status", "--root", str(project), "--table", "t2"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == ["stripes/rnvp2/seed0  evaluated  -log p(x) 91.00",
                    f"1 run: 1 evaluated; spent {status.format_duration(212)} training and evaluating (summed over the runs)"]
-    assert status.main(["--root", str(project)]) == 0
+    assert cli.main(["status", "--root", str(project)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out[:-1]] == [f"stripes/{m}/seed{s}" for m, s in
                                                       [("nf4", 0), ("rnvp2", 0), ("vae", 0), ("vae", 1), ("vae", 2)]]
@@ -195,7 +196,7 @@ def test_main_filters_by_table(project, capsys):
 
 
 def test_main_rejects_an_unknown_table(project, capsys):
-    assert status.main(["--root", str(project), "--table", "t9"]) == 1
+    assert cli.main(["status", "--root", str(project), "--table", "t9"]) == 1
     assert "'t9' is not one of ['t1', 't2']" in capsys.readouterr().err
 
 
@@ -206,7 +207,7 @@ def test_watch_ends_when_every_run_is_evaluated_and_on_ctrl_c(project, capsys, m
         raise KeyboardInterrupt
 
     monkeypatch.setattr(status.time, "sleep", interrupt)
-    assert status.main(["--root", str(project), "--table", "t2", "--watch", "5"]) == 0  # done: no wait
+    assert cli.main(["status", "--root", str(project), "--table", "t2", "--watch", "5"]) == 0  # done: no wait
     assert capsys.readouterr().out.count("1 run: 1 evaluated") == 1
-    assert status.main(["--root", str(project), "--table", "t1", "--watch", "5"]) == 0  # Ctrl-C while waiting
+    assert cli.main(["status", "--root", str(project), "--table", "t1", "--watch", "5"]) == 0  # Ctrl-C while waiting
     assert capsys.readouterr().out.count("4 runs: 4 pending") == 1

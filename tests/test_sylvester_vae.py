@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from flowvae.build import build_model
-from flowvae.config import run_config
-from flowvae.evaluate import evaluate
-from flowvae.train import Trainer
+from flowvae.models.build import build_variant
+from flowvae.spec.run import RunSpec
+from flowvae.runs.evaluate import evaluate
+from flowvae.runs.train import Trainer
 
 
 def _history(run_dir):
@@ -39,7 +39,7 @@ def test_gatedconv_categorical_vae_trains_and_reports_bits_per_dim(tmp_path):
     params = tiny_params(tmp_path, epochs=2)
     add_gray_dataset(params, tmp_path, "faces", (1, 8, 4), "categorical", (64, 16, 16))
     params["profiles"]["test"]["network"] = {"kind": "gatedconv", "z_dim": 4}
-    cfg = run_config(params, "test", "faces", "osnf1_m2", 0)
+    cfg = RunSpec.resolve(params, "test", "faces", "osnf1_m2", 0)
     out = tmp_path / "run"
     Trainer(cfg, out).run()
     h = _history(out)
@@ -57,7 +57,7 @@ def test_every_table9_row_builds_on_the_sylvester_profiles_gated_convolutions():
     x = (torch.rand(2, 1, 28, 28) > 0.5).float()
     for row in params["tables"]["table9"]["rows"]:
         torch.manual_seed(0)
-        model = build_model(row["model"], net, (1, 28, 28), "bernoulli")
+        model = build_variant(row["model"], net, (1, 28, 28), "bernoulli")
         out = model(x, n_samples=2)
         bound = out.log_px_z + out.log_pz - out.log_qz
         assert bound.shape == (2, 2) and torch.isfinite(bound).all(), row["model"]

@@ -8,9 +8,10 @@ import signal
 
 import torch
 
-from flowvae import cli, train
-from flowvae.errors import EXIT_TIME_BOX
-from flowvae.objectives import objective
+from flowvae import cli
+from flowvae.runs import train
+from flowvae.files.errors import EXIT_TIME_BOX
+from flowvae.models.objectives import objective
 from test_failures import cfg_from, params_file
 
 

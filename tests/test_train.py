@@ -8,9 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flowvae import cli, train
-from flowvae.objectives import objective
-from flowvae.train import NonFiniteLoss, Trainer
+from flowvae import cli
+from flowvae.runs import train
+from flowvae.models.objectives import objective
+from flowvae.files.errors import NonFiniteLoss
+from flowvae.runs.train import Trainer
 
 
 def history(run_dir):

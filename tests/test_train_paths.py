@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from flowvae.train import Trainer, make_loss_fn, make_model
+from flowvae.models.build import build_model
+from flowvae.runs.train import Trainer, make_loss_fn
 
 
 def _batch(cfg):
@@ -14,7 +15,7 @@ def _batch(cfg):
 
 def test_bf16_training_step_is_within_two_percent_of_float32(tiny):
     cfg = tiny("iaf_d1_w16")
-    model = make_model(cfg)
+    model = build_model(cfg)
     x, beta = _batch(cfg), torch.ones(())
     losses = {}
     for amp in ("none", "bf16"):
@@ -29,7 +30,7 @@ def test_compiled_training_step_equals_eager(tiny, monkeypatch):
 
     monkeypatch.setattr(inductor, "fallback_random", True)  # the same random numbers as eager
     cfg = tiny("vae")
-    model = make_model(cfg)
+    model = build_model(cfg)
     x, beta = _batch(cfg), torch.full((), 0.5)
     out = {}
     for compiled in (False, True):

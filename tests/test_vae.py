@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowvae.build import build_model, count_parameters, describe
-from flowvae.model import VAEOutput
-from flowvae.vae import VAE
-from flowvae.variants import GRAMMAR
+from flowvae.models.build import build_variant, count_parameters, describe
+from flowvae.models.contract import VAEOutput
+from flowvae.models.vae import VAE
+from flowvae.spec.variants import GRAMMAR
 
 FAMILIES = ["vae", "nf4", "rnvp2", "iaf_d2_w16", "iaf_d2_w16_fixed", "osnf2_m1", "osnf2_m2", "hsnf2_h2", "tsnf3"]
 TINY = {"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 2, "context_dim": 3, "coupling_hidden": 16}
@@ -26,7 +26,7 @@ def perturbed_2d_model(name: str) -> VAE:
     The encoder head sets q0's mean, log-std and the context h (planar u, w, b) to random
     values of order one; every flow parameter is moved away from its initial value.
     """
-    model = build_model(name, TINY, (1, 4, 4), "bernoulli").double()
+    model = build_variant(name, TINY, (1, 4, 4), "bernoulli").double()
     with torch.no_grad():
         model.encoder.head.weight.mul_(0.1)
         bias = model.encoder.head.bias
@@ -102,7 +102,7 @@ def test_diagonal_posterior_is_the_base_gaussian() -> None:
 @pytest.mark.parametrize("name", ["vae", "nf4", "rnvp2", "iaf_d2_w320", "iaf_d2_w320_fixed", "osnf2_m4", "hsnf2_h3", "tsnf2"])
 def test_build_model_and_forward(name: str) -> None:
     net = {"kind": "mlp", "hidden": 32, "layers": 2, "z_dim": 8, "context_dim": 16}
-    model = build_model(name, net, (1, 28, 28), "bernoulli")
+    model = build_variant(name, net, (1, 28, 28), "bernoulli")
     x = (torch.rand(3, 1, 28, 28) > 0.5).float()
     calls = {"encoder": 0, "decoder": 0}
     model.encoder.register_forward_hook(lambda *_: calls.__setitem__("encoder", calls["encoder"] + 1))
@@ -123,7 +123,7 @@ def test_build_model_and_forward(name: str) -> None:
 
 def test_resnet_model_on_cifar_shapes() -> None:
     net = {"kind": "resnet", "z_dim": 8, "context_dim": 8}
-    model = build_model("iaf_d1_w32", net, (3, 32, 32), "discretized_logistic")
+    model = build_variant("iaf_d1_w32", net, (3, 32, 32), "discretized_logistic")
     out = model(torch.randint(0, 256, (2, 3, 32, 32)) / 255, n_samples=3)
     assert out.log_px_z.shape == (3, 2) and torch.isfinite(out.log_px_z).all()
 
@@ -131,17 +131,17 @@ def test_resnet_model_on_cifar_shapes() -> None:
 @pytest.mark.parametrize("name", ["vae2", "nf0", "iaf_d2", "rnvp", "planar4", ""])
 def test_malformed_name_raises_with_grammar(name: str) -> None:
     with pytest.raises(ValueError) as err:
-        build_model(name, TINY, (1, 4, 4), "bernoulli")
+        build_variant(name, TINY, (1, 4, 4), "bernoulli")
     assert GRAMMAR in str(err.value)
 
 
 def test_unknown_net_key_is_named() -> None:
     with pytest.raises(ValueError, match="widht"):
-        build_model("vae", {"kind": "mlp", "widht": 3}, (1, 4, 4), "bernoulli")
+        build_variant("vae", {"kind": "mlp", "widht": 3}, (1, 4, 4), "bernoulli")
 
 
 def test_describe_reports_parameter_counts() -> None:
-    model = build_model("iaf_d2_w320", TINY, (1, 28, 28), "bernoulli")
+    model = build_variant("iaf_d2_w320", TINY, (1, 28, 28), "bernoulli")
     text = describe(model)
     total = count_parameters(model)
     assert text.startswith("model: iaf_d2_w320\n") and "likelihood: bernoulli" in text

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flowvae import plan
-from flowvae.dvcgen import dvc_yaml_text
-from flowvae.schema import ParamsError, validate_params
+from flowvae.pipeline import plan
+from flowvae.pipeline.dvcgen import dvc_yaml_text
+from flowvae.spec.schema import ParamsError, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -10,7 +10,7 @@ The networks are those of params.yaml: the MLP of the quick profile, the ResNet 
 paper profile, the gated convolutions of the sylvester profile. The gated-conv rows also time importance
 sampling as the Sylvester-flows code does it (`IS encoding every sample`: each test image repeated K
 times through encoder and decoder, where flowvae encodes it once). Training goes through the
-trainer's own step (flowvae.train.make_loss_fn): eager, under bfloat16 autocast (`bf16`, on CUDA by
+trainer's own step (flowvae.runs.train.make_loss_fn): eager, under bfloat16 autocast (`bf16`, on CUDA by
 default), compiled (`compiled`, unless --no-compile) and, for convolutional networks on a CPU, with
 the model in channels_last memory format (`ch-last`).
 
@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowvae.atomic import write_json
-from flowvae.build import build_model, count_parameters
-from flowvae.data import Batches
-from flowvae.evaluate import importance_sample
-from flowvae.inference import BFloat16Decoder, has_convolutions, prepare_for_inference
-from flowvae.model import LatentVariableModel
-from flowvae.objectives import log_weights
-from flowvae.train import make_loss_fn
+from flowvae.data.batches import Batches
+from flowvae.files.atomic import write_json
+from flowvae.models.build import build_variant, count_parameters
+from flowvae.models.contract import LatentVariableModel
+from flowvae.models.objectives import log_weights
+from flowvae.runs.evaluate import importance_sample
+from flowvae.runs.inference import BFloat16Decoder, has_convolutions, prepare_for_inference
+from flowvae.runs.train import make_loss_fn
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
@@ -50,7 +50,7 @@ NETWORK_PROFILES = {"mlp": ("quick", "network"), "resnet": ("paper", "network"),
 
 def networks(params_path: str) -> dict[str, tuple[dict, int | None]]:
     """The benchmarked networks from params.yaml, each with its profile's eval.max_batch (None: the default)."""
-    from flowvae.config import load_params
+    from flowvae.spec.params import load_params
 
     profiles = load_params(params_path)["profiles"]
     return {net: (profiles[profile][block], profiles[profile]["eval"].get("max_batch"))
@@ -154,7 +154,7 @@ def bench_row(name: str, net_name: str, net: dict, shape, device, fast: bool, co
               max_batch: int | None = None) -> dict:
     """One row of the table."""
     torch.manual_seed(0)
-    build = lambda: build_model(name, net, shape, _likelihood(shape)).to(device)  # noqa: E731
+    build = lambda: build_variant(name, net, shape, _likelihood(shape)).to(device)  # noqa: E731
     model = build()
     init = torch.from_numpy(_images(shape, 16, shape == MNIST)).float().div(255).to(device)
     model.initialize(init)
@@ -242,14 +242,18 @@ def _format(rows: list[dict], header: bool = True) -> str:
 
 def bf16_check(run_dir: Path, params_path: str, n_images: int, K: int) -> dict:
     """-log p(x) of a trained run with a float32 and a bfloat16 decoder, same samples, and their difference."""
-    from flowvae.config import load_params, run_config
-    from flowvae.train import batches_for, load_weights, make_model
+    from flowvae.data.batches import batches_for
+    from flowvae.models.build import build_model
+    from flowvae.runs.checkpoint import load_weights
+    from flowvae.spec.layout import RunFolder
+    from flowvae.spec.params import load_params
+    from flowvae.spec.run import RunSpec
 
     parts = Path(run_dir).parts
     profile, dataset, model_name, seed = parts[-4], parts[-3], parts[-2], int(parts[-1].removeprefix("seed"))
-    cfg = run_config(load_params(params_path), profile, dataset, model_name, seed)
-    model = make_model(cfg)
-    load_weights(model, Path(run_dir) / "model.safetensors")
+    cfg = RunSpec.resolve(load_params(params_path), profile, dataset, model_name, seed)
+    model = build_model(cfg)
+    load_weights(model, RunFolder(Path(run_dir)).model)
     prepare_for_inference(model)
     test = batches_for(cfg, "test", 100, False, cfg.seed + 30_000)
     test.x = test.x[:n_images]
@@ -314,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         write_json(args.out, result)
         return 0
-    from flowvae.train import pick_device
+    from flowvae.runs.device import pick_device
 
     device = pick_device(args.device)
     info["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"

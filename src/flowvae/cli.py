@@ -12,11 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from flowvae.config import load_params, prepared_dir, profile_settings, run_config, run_dir, source_dataset
-from flowvae.errors import EXIT_TIME_BOX, TimeBoxReached
-from flowvae.settings import Resources
-
-PUBLISHED = "reference/paper_results.csv"
+from flowvae.files.errors import EXIT_TIME_BOX, TimeBoxReached
+from flowvae.spec.layout import FIGURE_INPUTS, PUBLISHED_CSV, RunFolder, prepared_dir
+from flowvae.spec.params import load_params, profile_settings, source_dataset
 
 
 def _int_at_least(minimum: int, what: str):
@@ -44,7 +42,7 @@ def _positive_float(text: str) -> float:
 
 def _params(args: argparse.Namespace) -> dict:
     """params.yaml validated (table sources against the published numbers when that file is here)."""
-    return load_params(args.params, published=PUBLISHED if Path(PUBLISHED).is_file() else None)
+    return load_params(args.params, published=PUBLISHED_CSV if Path(PUBLISHED_CSV).is_file() else None)
 
 
 def _params_arg(p: argparse.ArgumentParser) -> None:
@@ -64,15 +62,17 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _resolve(args: argparse.Namespace):
+    """The resolved run of a train or evaluate command, and its folder."""
+    from flowvae.spec.run import RunSpec
+
     params = _params(args)
-    profile = args.profile or params["profile"]
-    cfg = run_config(params, profile, args.dataset, args.model, args.seed)
-    out = Path(args.out) if args.out else run_dir(profile, args.dataset, args.model, args.seed)
-    return params, cfg, out
+    spec = RunSpec.resolve(params, args.profile or params["profile"], args.dataset, args.model, args.seed)
+    return spec, RunFolder(Path(args.out)) if args.out else spec.default_folder
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from flowvae.data import DatasetSpec, prepare
+    from flowvae.spec.datasets import DatasetSpec
+    from flowvae.data.prepare import prepare
 
     params = _params(args)
     profile = args.profile or params["profile"]
@@ -88,36 +88,36 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from flowvae.train import Trainer
+    from flowvae.runs.train import Trainer
 
-    params, cfg, out = _resolve(args)
-    resources = Resources.from_params(profile_settings(params, cfg.profile)["resources"])
+    spec, folder = _resolve(args)
+    resources = spec.resources
     max_minutes = args.max_minutes if args.max_minutes is not None else resources.max_minutes
     trainer = Trainer(
-        cfg, out, threads=args.threads, device=args.device, on_change=args.on_change,
+        spec, folder.root, threads=args.threads, device=args.device, on_change=args.on_change,
         max_minutes=max_minutes, compile_step=resources.compile_train,
     )
     print(json.dumps(trainer.run()))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from flowvae.evaluate import evaluate
+    from flowvae.runs.evaluate import evaluate
 
-    _, cfg, out = _resolve(args)
-    metrics = evaluate(cfg, out, threads=args.threads, device=args.device)
+    spec, folder = _resolve(args)
+    metrics = evaluate(spec, folder.root, threads=args.threads, device=args.device)
     keys = ("neg_elbo", "neg_log_px", "neg_log_px_se", "gap", "active_units", "K")
     print(json.dumps({k: metrics[k] for k in keys}))
 
 
 def cmd_describe(args: argparse.Namespace) -> None:
-    from flowvae.build import describe
-    from flowvae.train import make_model
+    from flowvae.models.build import build_model, describe
+    from flowvae.spec.run import RunSpec
 
     params = _params(args)
     profile = args.profile or params["profile"]
-    cfg = run_config(params, profile, args.dataset, args.model, 0)
+    spec = RunSpec.resolve(params, profile, args.dataset, args.model, 0)
     print(f"{args.model} on {args.dataset} ({profile} profile)")
-    print(describe(make_model(cfg)))
+    print(describe(build_model(spec)))
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -128,18 +128,19 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_figures(args: argparse.Namespace) -> None:
     import papermill
 
-    from flowvae import plan
-    from flowvae.atomic import atomic_path
+    from flowvae.pipeline import plan
+    from flowvae.files.atomic import atomic_path
 
     params = _params(args)
     profile = args.profile or params["profile"]
     if args.summary not in plan.summary_names(params):
         raise ValueError(f"--summary: {args.summary!r} is not one of {plan.summary_names(params)}")
     runs = plan.summary_runs(params, args.summary)
+    eval_file, history_file, samples_file = FIGURE_INPUTS
     parameters = {
-        "eval_files": [r.path(profile, "eval.json") for r in runs],
-        "train_files": [r.path(profile, "train.jsonl") for r in runs],
-        "sample_files": [r.path(profile, "samples.npz") for r in runs],
+        "eval_files": [r.path(profile, eval_file) for r in runs],
+        "train_files": [r.path(profile, history_file) for r in runs],
+        "sample_files": [r.path(profile, samples_file) for r in runs],
         "out_dir": args.out_dir,
         "profile": profile,
     }
@@ -148,23 +149,38 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_dvc_yaml(args: argparse.Namespace) -> None:
-    from flowvae.atomic import write_text
-    from flowvae.dvcgen import dvc_yaml_text
+    from flowvae.files.atomic import write_text
+    from flowvae.pipeline.dvcgen import dvc_yaml_text
 
     write_text(args.out, dvc_yaml_text(_params(args)))
     print(f"wrote {args.out}")
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from flowvae import report
+def cmd_report_table(args: argparse.Namespace) -> None:
+    from flowvae.report.inputs import load_eval, load_published
+    from flowvae.report.tables import table_context, write_table
 
-    return report.main([args.kind, *args.rest])
+    params = load_params(args.params, published=args.published)
+    tables = params["tables"]
+    if args.table not in tables:
+        raise ValueError(f"{args.params}: no table {args.table!r} under 'tables' (have: {', '.join(tables)})")
+    spec = tables[args.table]
+    context = table_context(params, args.profile, spec.get("dataset"), args.table)
+    published = load_published(args.published) if args.published else None
+    write_table(args.table, spec, [load_eval(p) for p in args.evals], published, context, args.out_md, args.out_tex)
+
+
+def cmd_report_summary(args: argparse.Namespace) -> None:
+    from flowvae.report.summary import write_summary
+
+    write_summary(args.out, args.files)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from flowvae import status
+    from flowvae.pipeline.status import follow
 
-    return status.run(args)
+    params = load_params(args.params or Path(args.root) / "params.yaml")
+    return follow(params, args.profile or params["profile"], args.table, args.root, args.watch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,15 +225,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="dvc.yaml")
     p.set_defaults(func=cmd_dvc_yaml)
 
-    p = sub.add_parser("report", help="tables and the summary page: `flowvae report table|summary --help`")
-    p.add_argument("kind", choices=["table", "summary"])
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="the options of `flowvae report KIND`")
-    p.set_defaults(func=cmd_report)
+    report = sub.add_parser("report", help="a results table, or the summary page").add_subparsers(dest="kind", required=True)
+    p = report.add_parser("table", help="one table's .md and .tex from params.yaml, the published numbers and eval.json files")
+    p.add_argument("--params", required=True, help="params.yaml")
+    p.add_argument("--table", required=True, help="key under params['tables'], e.g. table1")
+    p.add_argument("--profile", help="profile name (default: params['profile'])")
+    p.add_argument("--published", help=f"the published numbers, {PUBLISHED_CSV} (omit for no published columns)")
+    p.add_argument("--out-md", required=True)
+    p.add_argument("--out-tex", required=True)
+    p.add_argument("evals", nargs="*", help="eval.json files (runs of other tables are filtered out)")
+    p.set_defaults(func=cmd_report_table)
+    p = report.add_parser("summary", help="a Markdown page linking the given tables and figures")
+    p.add_argument("--out", required=True, help="summary markdown file")
+    p.add_argument("files", nargs="*", help="table .md/.tex, figure .png/.pdf/.svg, or folders of them")
+    p.set_defaults(func=cmd_report_summary)
 
     p = sub.add_parser("status", help="each run's state, epoch and ETA, read from the run folders (--watch to follow)")
-    from flowvae.status import add_arguments as status_arguments
-
-    status_arguments(p)
+    p.add_argument("--params", default=None, help="the params file (default: params.yaml under --root)")
+    p.add_argument("--profile", default=None, help="profile (default: the params file's `profile`)")
+    p.add_argument("--table", action="append", default=None, metavar="NAME",
+                   help="only the runs of this table (repeatable; default: every run of every table and figure)")
+    p.add_argument("--root", default=".", help="the project folder holding results/ and logs/ (default: .)")
+    p.add_argument("--watch", type=_positive_float, default=None, metavar="SECONDS",
+                   help="reprint every SECONDS until every selected run is evaluated (Ctrl-C stops)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("validate", help="check params.yaml against the schema and every name it refers to")

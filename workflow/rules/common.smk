@@ -3,21 +3,23 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from flowvae import plan
-from flowvae.config import read_params
-from flowvae.schema import ParamsError, validate_params
-from flowvae.settings import Resources as JobResources
-from flowvae.variants import WILDCARD_PATTERN
+from flowvae.pipeline import plan
+from flowvae.spec import layout
+from flowvae.spec.datasets import SPLITS
+from flowvae.spec.layout import PUBLISHED_CSV, RUN_PATTERN, prepared_files
+from flowvae.spec.params import read_params
+from flowvae.spec.schema import ParamsError, validate_params
+from flowvae.spec.settings import Resources as JobResources
+from flowvae.spec.variants import WILDCARD_PATTERN
 
 # params.yaml is read (and validated) here rather than by `configfile:`, so that a syntax error is
 # reported once with file, line and column. `--config profile=...` (or any top-level key) overrides it;
 # `--config params_file=other.yaml` reads another file.
 PARAMS_FILE = config.pop("params_file", "params.yaml")
-PUBLISHED = "reference/paper_results.csv"
 try:
     _params = {**read_params(PARAMS_FILE), **config}
     _where = PARAMS_FILE + (f" (with --config {', '.join(sorted(config))})" if config else "")
-    validate_params(_params, source=_where, published=PUBLISHED)
+    validate_params(_params, source=_where, published=PUBLISHED_CSV)
 except ParamsError as exc:
     raise WorkflowError(str(exc)) from None
 config.update(_params)
@@ -25,7 +27,7 @@ config.update(_params)
 PROFILE = config["profile"]
 # The rules call the `flowvae` command of the environment that runs Snakemake.
 shell.prefix(f'export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
-RUN = "results/{profile}/{dataset}/{model}/seed{seed}"
+RUN = RUN_PATTERN
 RUN_LOG = "{profile}/{dataset}/{model}/seed{seed}.log"
 
 
@@ -38,7 +40,7 @@ wildcard_constraints:
 
 
 def resources_of(profile):
-    """The typed resources of a profile (their defaults live in flowvae.settings.Resources)."""
+    """The typed resources of a profile (their defaults live in flowvae.spec.settings.Resources)."""
     return JobResources.from_params(config["profiles"][profile]["resources"])
 
 
@@ -57,5 +59,6 @@ def run_of(wildcards):
     return plan.Run(wildcards.dataset, wildcards.model, int(wildcards.seed))
 
 
-def run_files(runs, profile, names):
-    return [run.path(profile, name) for run in runs for name in names]
+def run_outputs(runs, profile, *patterns):
+    """Rule outputs (patterns such as rules.evaluate.output.metrics) for each run of a list."""
+    return [pattern.format(profile=profile, dataset=r.dataset, model=r.model, seed=r.seed) for r in runs for pattern in patterns]

@@ -1,7 +1,7 @@
 rule prepare:
     """Download (mirror first), verify and prepare one data set for one profile."""
     output:
-        expand("{root}/{{profile}}/{{dataset}}/{split}.npz", root=config["data"]["prepared_dir"], split=plan.SPLITS),
+        expand("{root}/{{profile}}/{{dataset}}/{split}.npz", root=config["data"]["prepared_dir"], split=SPLITS),
     params:
         settings=lambda w: plan.param_values(config, plan.prepare_param_keys(config, w.dataset, w.profile)),
         file=PARAMS_FILE,

@@ -1,14 +1,14 @@
 rule evaluate:
     """Importance-sampled log p(x), ELBO terms and diagnostics of one trained run."""
     input:
-        model=f"{RUN}/model.safetensors",
-        settings=f"{RUN}/settings.json",
-        timings=f"{RUN}/train_timings.json",
-        data=lambda w: plan.prepared_files(config, w.profile, w.dataset),
+        model=rules.train.output.model,
+        settings=rules.train.output.settings,
+        timings=rules.train.output.timings,
+        data=rules.prepare.output,
     output:
-        metrics=f"{RUN}/eval.json",
-        timings=f"{RUN}/eval_timings.json",
-        samples=f"{RUN}/samples.npz",
+        metrics=f"{RUN}/{layout.EVAL_FILE}",
+        timings=f"{RUN}/{layout.EVAL_TIMINGS_FILE}",
+        samples=f"{RUN}/{layout.SAMPLES_FILE}",
     params:
         settings=lambda w: plan.param_values(config, plan.eval_param_keys(w.profile)),
         file=PARAMS_FILE,

@@ -10,7 +10,7 @@ FIGURE_PATTERN = "{kind}_{dataset,%s}.png" % "|".join(sorted(config["datasets"],
 rule summary:
     """reports/<profile>/summary.md: every table and figure of the profile; summary_<name>.md: params.yaml's summaries.<name>."""
     input:
-        tables=lambda w: expand("reports/{profile}/{table}.md", profile=w.profile, table=plan.summary_tables(config, w.summary)),
+        tables=lambda w: expand(rules.table.output.md, profile=w.profile, table=plan.summary_tables(config, w.summary)),
         figures=lambda w: f"reports/{w.profile}/{plan.figures_name(w.summary)}",
     output:
         "reports/{profile}/{summary}.md",
@@ -25,9 +25,11 @@ rule summary:
 rule table:
     """One results table (Markdown and LaTeX) with the published numbers beside ours."""
     input:
-        evals=lambda w: run_files(plan.table_runs(config, w.table), w.profile, ["eval.json"]),
-        timings=lambda w: run_files(plan.table_runs(config, w.table), w.profile, ["eval_timings.json", "train_timings.json"]),
-        published=PUBLISHED,
+        evals=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.evaluate.output.metrics),
+        timings=lambda w: run_outputs(
+            plan.table_runs(config, w.table), w.profile, rules.evaluate.output.timings, rules.train.output.timings
+        ),
+        published=PUBLISHED_CSV,
     output:
         # `snakemake --report report.html`: each table in "Tables", captioned from its own title and text.
         md=report(
@@ -58,7 +60,13 @@ rule figures:
     """The figures notebook, executed by papermill over the eval, history and samples of a summary page's runs."""
     input:
         notebook=config["figures"]["notebook"],
-        runs=lambda w: run_files(plan.summary_runs(config, f"summary{w.part}"), w.profile, ["eval.json", "train.jsonl", "samples.npz"]),
+        runs=lambda w: run_outputs(
+            plan.summary_runs(config, f"summary{w.part}"),
+            w.profile,
+            rules.evaluate.output.metrics,
+            rules.train.output.history,
+            rules.evaluate.output.samples,
+        ),
     output:
         # Every PNG of the folder in the report's "Figures", one subcategory per data set.
         figures=report(

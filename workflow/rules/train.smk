@@ -1,13 +1,13 @@
 rule train:
     """Train one (profile, dataset, model, seed); rerunning after a kill or a time box resumes from its checkpoint."""
     input:
-        lambda w: plan.prepared_files(config, w.profile, w.dataset),
+        rules.prepare.output,
     output:
-        model=f"{RUN}/model.safetensors",
-        settings=f"{RUN}/settings.json",
-        history=f"{RUN}/train.jsonl",
-        curves=f"{RUN}/train_curves.csv",
-        timings=f"{RUN}/train_timings.json",
+        model=f"{RUN}/{layout.MODEL_FILE}",
+        settings=f"{RUN}/{layout.SETTINGS_FILE}",
+        history=f"{RUN}/{layout.HISTORY_FILE}",
+        curves=f"{RUN}/{layout.CURVES_FILE}",
+        timings=f"{RUN}/{layout.TIMINGS_FILE}",
     params:
         settings=lambda w: plan.param_values(config, plan.train_param_keys(config, run_of(w), w.profile)),
         file=PARAMS_FILE,

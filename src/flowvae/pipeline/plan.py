@@ -1,0 +1,145 @@
+"""The runs a profile needs, their files, and the params.yaml keys each kind of job depends on.
+
+Snakemake's rules and the generated dvc.yaml both take their job lists and their params keys from
+here, so the two build the same DAG and rerun the same jobs after a change to params.yaml:
+
+- prepare:  the data set's entries (its own and any stand-in's), the profile's subset and substitute;
+- train:    code_version, the profile's train block and the budgets that match the run, its network
+            (ladder for resvae runs), and the prepare keys;
+- evaluate: code_version and the profile's eval block (and, through its inputs, the trained model);
+- table:    its tables.<name> entry (and, through its inputs, the evaluations and published numbers);
+- resources, seeds of other runs, data.mirror: nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from flowvae.spec.families import family
+from flowvae.spec.layout import run_dir
+from flowvae.spec.params import candidate_sources, matching_budgets
+from flowvae.spec.variants import Variant, parse_variant
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    """One trained and evaluated model."""
+
+    dataset: str
+    model: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}-{self.model}-seed{self.seed}"
+
+    def path(self, profile: str, name: str) -> str:
+        """A file of this run, e.g. path('quick', 'eval.json')."""
+        return str(run_dir(profile, self.dataset, self.model, self.seed) / name)
+
+    @property
+    def network_block(self) -> str:
+        """The profile block its model is built from (the family table's `block`)."""
+        return family(self.variant.family).block
+
+    @cached_property
+    def variant(self) -> Variant:
+        return parse_variant(self.model)
+
+
+def table_names(params: dict) -> list[str]:
+    """The tables params.yaml defines, in order."""
+    return list(params.get("tables") or {})
+
+
+def row_seeds(params: dict, row: dict) -> list[int]:
+    """The seeds of one table row: its own `seeds`, else the top-level ones."""
+    return [int(seed) for seed in row.get("seeds") or params["seeds"]]
+
+
+def table_runs(params: dict, table: str) -> list[Run]:
+    """The runs one table reads: each row times its seeds."""
+    spec = params["tables"][table]
+    return [Run(spec["dataset"], row["model"], seed) for row in spec["rows"] for seed in row_seeds(params, row)]
+
+
+def figure_runs(params: dict) -> list[Run]:
+    """The extra runs of the figures: the 2-D latent models for the density plot."""
+    latent = (params.get("figures") or {}).get("latent2d")
+    if not latent:
+        return []
+    return [Run(latent["dataset"], model, int(params["seeds"][0])) for model in latent["variants"]]
+
+
+def all_runs(params: dict) -> list[Run]:
+    """Every run of every table and figure, without duplicates, sorted."""
+    return summary_runs(params, "summary")
+
+
+def summary_names(params: dict) -> list[str]:
+    """The summary pages: `summary` (every table) and each of params.yaml's `summaries`."""
+    return ["summary", *(f"summary_{name}" for name in params.get("summaries") or {})]
+
+
+def summary_tables(params: dict, summary: str) -> list[str]:
+    """The tables of a summary page."""
+    if summary == "summary":
+        return table_names(params)
+    return list(params["summaries"][summary.removeprefix("summary_")]["tables"])
+
+
+def figures_name(summary: str) -> str:
+    """The figures folder of a summary page: `figures` for `summary`, `figures_<name>` for `summary_<name>`."""
+    return "figures" + summary.removeprefix("summary")
+
+
+def summary_runs(params: dict, summary: str) -> list[Run]:
+    """The runs a summary page reads: its tables' and the figures' own, without duplicates, sorted."""
+    runs = {r for t in summary_tables(params, summary) for r in table_runs(params, t)} | set(figure_runs(params))
+    return sorted(runs)
+
+
+def datasets_used(params: dict) -> list[str]:
+    """The data sets the runs need, sorted."""
+    return sorted({r.dataset for r in all_runs(params)})
+
+
+def prepare_param_keys(params: dict, dataset: str, profile: str) -> list[str]:
+    """The params.yaml keys a data set's prepared files depend on."""
+    keys = [f"datasets.{source}" for source in candidate_sources(params, dataset)]
+    return keys + [f"profiles.{profile}.subset", f"profiles.{profile}.substitute"]
+
+
+def train_param_keys(params: dict, run: Run, profile: str) -> list[str]:
+    """The params.yaml keys a training depends on."""
+    own = ["code_version", f"profiles.{profile}.train", f"profiles.{profile}.{run.network_block}"]
+    budgets = [f"budgets.{name}" for name in matching_budgets(params, run.dataset, run.model)]
+    return own + budgets + prepare_param_keys(params, run.dataset, profile)
+
+
+def eval_param_keys(profile: str) -> list[str]:
+    """The params.yaml keys an evaluation depends on besides its trained model."""
+    return ["code_version", f"profiles.{profile}.eval"]
+
+
+def table_param_keys(table: str) -> list[str]:
+    """The params.yaml keys a table depends on besides its evaluations."""
+    return [f"tables.{table}"]
+
+
+def lookup(params: dict, key: str) -> Any:
+    """The value at a dotted key path; KeyError naming the path if absent."""
+    value: Any = params
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"params.yaml has no key {key!r}")
+        value = value[part]
+    return value
+
+
+def param_values(params: dict, keys: list[str]) -> str:
+    """The values at `keys` as canonical JSON: what Snakemake's params rerun trigger compares."""
+    return json.dumps({key: lookup(params, key) for key in keys}, sort_keys=True)

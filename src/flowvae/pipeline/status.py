@@ -1,0 +1,225 @@
+"""Progress of a build, read from the run folders: which runs are pending, training, stopped, trained or evaluated.
+
+`flowvae status` prints one line per run and a totals line, e.g.
+
+    binarized_mnist/iaf_d8_w1920/seed0  training   epoch 7/15  33 s/epoch  ETA <= 4 min  val -ELBO 96.12
+    binarized_mnist/vae/seed0           evaluated  -log p(x) 90.52
+
+A run is "training" while its checkpoint, its train_timings.json or its Snakemake log moved within
+max(3 mean epochs, 10 minutes), and "stopped" when it has a checkpoint but nothing moved for longer (killed
+or time-boxed: rerunning the build resumes it). An ETA is the remaining epochs at the mean seconds per
+epoch so far; with early stopping (patience > 0) it is an upper bound, shown as "<=".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from flowvae.pipeline.plan import Run, all_runs, table_names, table_runs
+from flowvae.spec.layout import RunFolder, run_dir, train_log
+from flowvae.spec.params import profile_settings
+from flowvae.spec.run import RunSpec
+
+STATES = ("pending", "training", "stopped", "trained", "evaluated")
+STALE_AFTER_EPOCHS = 3  # a run is stopped when nothing moved for this many mean epochs...
+STALE_AFTER_MIN_SECONDS = 600.0  # ...and at least this long
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Where one run stands; the numbers are None where the run's files do not tell them yet."""
+
+    run: Run
+    state: str  # one of STATES
+    epochs_done: int = 0
+    epochs_target: int = 0
+    seconds_per_epoch: float | None = None
+    eta_seconds: float | None = None  # training left (0 once trained); an upper bound when early_stopping
+    best_val_neg_elbo: float | None = None
+    neg_log_px: float | None = None
+    early_stopping: bool = False
+    idle_seconds: float | None = None  # since its files last moved (training and stopped runs)
+    seconds_spent: float = 0.0  # training and evaluation so far (train_timings.json, eval_timings.json)
+
+    @property
+    def label(self) -> str:
+        return f"{self.run.dataset}/{self.run.model}/seed{self.run.seed}"
+
+
+def _read_json(path: Path) -> dict | None:
+    """A JSON file's content, or None if it is missing or half-written."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _best_val_neg_elbo(path: Path) -> float | None:
+    """The lowest validation -ELBO in a train.jsonl, skipping lines that do not parse."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    values = []
+    for line in lines:
+        try:
+            value = float(json.loads(line)["val_neg_elbo"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if math.isfinite(value):
+            values.append(value)
+    return min(values, default=None)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def run_status(params: dict, profile: str, run: Run, root: str | Path = ".", now: float | None = None) -> RunStatus:
+    """The status of one run from its folder under root (now: the current time, for tests)."""
+    now = time.time() if now is None else now
+    folder = RunFolder(run_dir(profile, run.dataset, run.model, run.seed, Path(root) / "results"))
+    settings = RunSpec.resolve(params, profile, run.dataset, run.model, run.seed).train
+    timings = _read_json(folder.timings) or {}
+    epochs = [e for e in timings.get("epochs") or [] if isinstance(e, dict) and "seconds" in e]
+    done = max((int(e.get("epoch", 0)) for e in epochs), default=0)
+    per_epoch = sum(float(e["seconds"]) for e in epochs) / len(epochs) if epochs else None
+    eval_timings = _read_json(folder.eval_timings) or {}
+    spent = sum(float(e["seconds"]) for e in epochs) + float(eval_timings.get("eval_seconds") or 0.0)
+    common = dict(
+        seconds_spent=spent,
+        run=run,
+        epochs_done=done,
+        epochs_target=settings.epochs,
+        seconds_per_epoch=per_epoch,
+        best_val_neg_elbo=_best_val_neg_elbo(folder.history),
+        early_stopping=settings.patience > 0,
+    )
+
+    evaluation = _read_json(folder.eval)
+    if evaluation is not None:
+        return RunStatus(state="evaluated", eta_seconds=0.0, neg_log_px=evaluation.get("neg_log_px"), **common)
+    if folder.model.exists():
+        return RunStatus(state="trained", eta_seconds=0.0, **common)
+
+    if not folder.root.is_dir():  # the trainer makes the folder as it starts
+        return RunStatus(state="pending", **common)
+    checkpoint = _mtime(folder.state)
+    epoch_end = _mtime(folder.timings)
+    log = _mtime(train_log(profile, run.dataset, run.model, run.seed, root))
+    moved = [t for t in (checkpoint, epoch_end, log) if t is not None]
+    stale_after = max(STALE_AFTER_EPOCHS * (per_epoch or 0.0), STALE_AFTER_MIN_SECONDS)
+    idle = now - max(moved) if moved else None
+    if idle is not None and idle <= stale_after:
+        state = "training"  # also before its first checkpoint, while its log moves
+    elif checkpoint is not None or epoch_end is not None:
+        state = "stopped"
+    else:
+        return RunStatus(state="pending", **common)
+
+    eta = None
+    if per_epoch is not None:
+        eta = max(settings.epochs - done, 0) * per_epoch
+        if state == "training" and epoch_end is not None:  # less the part of the current epoch already run
+            eta = max(eta - min(now - epoch_end, per_epoch), 0.0)
+    return RunStatus(state=state, eta_seconds=eta, idle_seconds=idle, **common)
+
+
+def format_duration(seconds: float) -> str:
+    """45 s, 4 min, 2 h 05 min (minutes rounded up)."""
+    if seconds < 60:
+        return f"{math.ceil(seconds)} s"
+    minutes = math.ceil(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _eta(seconds: float, upper_bound: bool) -> str:
+    return ("<= " if upper_bound else "~ ") + format_duration(seconds)
+
+
+def format_line(status: RunStatus, width: int = 0) -> str:
+    """One run's line: label, state, and what its files tell about it."""
+    parts = [status.label.ljust(width), status.state.ljust(max(map(len, STATES)))]
+    if status.state == "evaluated" and status.neg_log_px is not None:
+        parts.append(f"-log p(x) {status.neg_log_px:.2f}")
+    elif status.state != "pending":
+        parts.append(f"epoch {status.epochs_done}/{status.epochs_target}")
+        if status.state in ("training", "stopped"):
+            if status.seconds_per_epoch is not None:
+                spe = status.seconds_per_epoch
+                parts.append(f"{spe:.0f} s/epoch" if spe >= 10 else f"{spe:.1f} s/epoch")
+            if status.eta_seconds is not None:
+                parts.append("ETA " + _eta(status.eta_seconds, status.early_stopping))
+        if status.best_val_neg_elbo is not None:
+            parts.append(f"val -ELBO {status.best_val_neg_elbo:.2f}")
+        if status.state == "stopped" and status.idle_seconds is not None:
+            parts.append(f"idle {format_duration(status.idle_seconds)}, rerun to resume")
+    return "  ".join(parts).rstrip()
+
+
+def format_totals(statuses: list[RunStatus]) -> str:
+    """Counts per state and the training left, summed over the runs that can be estimated."""
+    counts = Counter(s.state for s in statuses)
+    noun = "run" if len(statuses) == 1 else "runs"
+    text = f"{len(statuses)} {noun}: " + ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state])
+    unfinished = [s for s in statuses if s.state in ("training", "stopped")]
+    estimated = [s for s in unfinished if s.eta_seconds is not None]
+    if estimated:
+        upper = any(s.early_stopping for s in estimated)
+        text += f"; training left {_eta(sum(s.eta_seconds for s in estimated), upper)}"
+    not_estimated = []
+    if len(estimated) < len(unfinished):
+        not_estimated.append(f"{len(unfinished) - len(estimated)} without a finished epoch")
+    if counts["pending"]:
+        not_estimated.append("pending runs")
+    if not_estimated:
+        text += f" ({' and '.join(not_estimated)} not estimated)"
+    spent = sum(s.seconds_spent for s in statuses)
+    if spent:
+        text += f"; spent {format_duration(spent)} training and evaluating (summed over the runs)"
+    return text
+
+
+def format_status(statuses: list[RunStatus]) -> str:
+    """One line per run, then the totals line."""
+    width = max((len(s.label) for s in statuses), default=0)
+    return "\n".join([*(format_line(s, width) for s in statuses), format_totals(statuses)])
+
+
+def selected_runs(params: dict, tables: list[str] | None = None) -> list[Run]:
+    """The runs of the named tables (ValueError for an unknown one), or every run of every table and figure."""
+    if not tables:
+        return all_runs(params)
+    known = table_names(params)
+    unknown = [t for t in tables if t not in known]
+    if unknown:
+        raise ValueError(f"--table: {', '.join(map(repr, unknown))} is not one of {known}")
+    return sorted({run for table in tables for run in table_runs(params, table)})
+
+
+def follow(params: dict, profile: str, tables: list[str] | None, root: str | Path = ".", watch: float | None = None) -> int:
+    """Print the status once, or every `watch` seconds until every selected run is evaluated (`flowvae status`)."""
+    profile_settings(params, profile)  # a clear error for an unknown profile
+    runs = selected_runs(params, tables)
+    try:
+        while True:
+            statuses = [run_status(params, profile, r, root=root) for r in runs]
+            if watch:
+                print(f"{time.strftime('%H:%M:%S')}  profile {profile}")
+            print(format_status(statuses), flush=True)
+            if not watch or all(s.state == "evaluated" for s in statuses):
+                return 0
+            print(flush=True)
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,96 @@
+"""A table's caption: its title line and the text that says what was run and what is compared."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from flowvae.report.format import describe, num
+from flowvae.spec.metrics import BY_PUBLISHED
+
+if TYPE_CHECKING:
+    from flowvae.report.tables import TableRuns
+
+UNVERIFIED = "UNVERIFIED"  # a note with this word: a number not checked against its source; captions say so
+
+
+def caption(t: TableRuns, shown: dict[str, str]) -> tuple[str, str]:
+    """The title line and the provenance text of a gathered table; `shown`: published metric -> the source its column shows."""
+    spec, context, chosen = t.spec, t.context, t.chosen
+    number = re.sub(r"^table", "Table ", t.name)
+    title = f"{number}: {spec['title']}" if spec.get("title") else number
+
+    def first(key: str) -> str:
+        from_evals = describe(ev.get(key) for ev in chosen)
+        return from_evals if from_evals != "unknown" else describe([context.get(key)])
+
+    seeds = describe(ev.get("seed") for ev in chosen)
+    if seeds == "unknown":
+        seeds = describe(context.get("seeds") or [])
+    dataset = spec.get("dataset") or first("dataset")
+    sources_used = sorted({str(ev["data_source"]) for ev in chosen if ev.get("data_source", dataset) != dataset})
+    if sources_used:
+        dataset = f"{dataset} (stand-in: {', '.join(sources_used)}; numbers not comparable to the published ones)"
+    units = "bits/dim" if spec.get("units") == "bits_per_dim" else "nats"
+    parts = [f"Profile {first('profile')}, data set {dataset}, seeds {seeds}, commit {first('commit')}; {units}."]
+    budget = context.get("budget")
+    if budget:
+        parts.append(f"Trained under a reduced budget ({budget}), {first('epochs')} epochs run.")
+    else:
+        parts.append(f"{first('epochs')} epochs.")
+    parts += _estimator_text(t)
+    seed_metric = t.seed_metric
+    if seed_metric is not None:
+        parts.append(f"Rows with several seeds show the mean over seeds; ± is the standard error over test points "
+                     f"(the runs' mean), and 'sd over seeds' the standard deviation of {seed_metric.md} over seeds.")
+    else:
+        parts.append("± is the standard error over test points (one seed per model).")
+    parts += _published_text(t, shown)
+    return title, " ".join(parts)
+
+
+def _estimator_text(t: TableRuns) -> list[str]:
+    """How -log p(x) was estimated: importance sampling with its K, or exactly for a density model."""
+    if not any(m.shows_k for m in t.metrics):
+        return []
+    parts = []
+    exact = sorted({str(ev["model"]) for ev in t.chosen if ev.get("estimator") == "exact"})
+    sampled = [ev for ev in t.chosen if ev.get("estimator") != "exact"]
+    if sampled:
+        parts.append(f"-log p(x) is the importance-sampling estimate with K = {describe(ev.get('K') for ev in sampled)} "
+                     "samples per test image (Burda et al. 2016)" + (" for the VAEs." if exact else "."))
+    if exact:
+        parts.append(f"{', '.join(exact)}: a flow used as a density model, its -log p(x) exact (no importance "
+                     "sampling: the density of one uniform dequantization per test image, dequantization and "
+                     "logit Jacobians included), so its -ELBO column repeats it.")
+    return parts
+
+
+def _published_text(t: TableRuns, shown: dict[str, str]) -> list[str]:
+    """Which published numbers the columns show, the others, the unverified ones and the unmatched models."""
+    parts = []
+    pub_here, pub_key = t.published_here, t.pub_key
+    if shown:
+        named = "; ".join(f"{BY_PUBLISHED[pm].md if pm in BY_PUBLISHED else pm}: {src}" for pm, src in shown.items())
+        parts.append(f"'published' columns: {named}; Δ = ours − published.")
+    others = pub_here[~pub_here.apply(lambda r: shown.get(r["metric"]) == r["source"], axis=1)] if len(pub_here) else pub_here
+    for (source, pm), group in others.groupby(["source", "metric"], sort=False):
+        label = BY_PUBLISHED[pm].md if pm in BY_PUBLISHED else pm
+        values = ", ".join(f"{model} {num(v, BY_PUBLISHED[pm].digits if pm in BY_PUBLISHED else 2)}"
+                           for model, v in zip(group["model"], group["value"]))
+        parts.append(f"Also published ({source}, {label}): {values}.")
+    if not shown and t.sources and not len(others):
+        parts.append(f"Published numbers from {', '.join(t.sources)}.")
+    unverified = pub_here[pub_here["note"].str.contains(UNVERIFIED, regex=False)] if len(pub_here) else pub_here
+    for source, group in unverified.groupby("source", sort=False):
+        reason = group["note"].iloc[0].split(UNVERIFIED, 1)[1].lstrip(": ").strip()
+        parts.append(f"UNVERIFIED published numbers ({source}): {reason}.")
+    mapped = [f"{m} as {p}" for m, p in pub_key.items() if m != p]
+    if mapped:
+        parts.append(f"Published rows matched: {', '.join(mapped)}.")
+    unmatched = t.published[~t.published["model"].isin(set(pub_key.values()))]
+    if len(unmatched):
+        extra = "; ".join(f"{source}: {', '.join(dict.fromkeys(group['model']))}"
+                          for source, group in unmatched.groupby("source", sort=False))
+        parts.append(f"Published models without a row here: {extra}.")
+    return parts

@@ -1,0 +1,71 @@
+"""What the reports read: eval.json (with its timings), train.jsonl, and the published numbers. Never a model, never torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flowvae.spec.layout import EVAL_FILE, EVAL_TIMINGS_FILE, TIMINGS_FILE
+
+PUBLISHED_COLUMNS = ("source", "table", "dataset", "model", "metric", "value", "note")
+
+
+def load_published(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read paper_results.csv: one row per (source, table, dataset, model, metric) with a float value."""
+    df = pd.read_csv(csv_path, dtype={"source": str, "dataset": str, "model": str, "metric": str, "note": str})
+    missing = [c for c in PUBLISHED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{csv_path}: missing columns {missing}; expected {list(PUBLISHED_COLUMNS)}")
+    df["table"] = pd.to_numeric(df["table"], errors="coerce").astype("Int64")
+    df["value"] = pd.to_numeric(df["value"], errors="raise").astype(float)
+    df["note"] = df["note"].fillna("")
+    return df
+
+
+def load_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read one eval.json, with the timings beside it merged in; ValueError if it lacks the fields that identify the run.
+
+    Timings live in their own files (eval_timings.json, train_timings.json) so that eval.json has the
+    same bytes for the same run; a table reads train_minutes and eval_seconds from them.
+    """
+    with open(path, encoding="utf-8") as fh:
+        ev = json.load(fh)
+    missing = [k for k in ("model", "dataset") if k not in ev]
+    if missing:
+        raise ValueError(f"{path}: eval.json lacks {missing}")
+    for name, keys in ((EVAL_TIMINGS_FILE, ("eval_seconds", "is_samples_per_s")), (TIMINGS_FILE, ("train_minutes",))):
+        beside = Path(path).with_name(name)
+        if beside.is_file():
+            timings = json.loads(beside.read_text(encoding="utf-8"))
+            ev.update({k: timings[k] for k in keys if k in timings})
+    return ev
+
+
+def load_train_log(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a train.jsonl (one JSON object per epoch) into a DataFrame."""
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return pd.DataFrame(rows)
+
+
+def run_id(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Profile, dataset, model and seed of a run file: from the eval.json beside it, else the path."""
+    p = Path(path)
+    beside = p.with_name(EVAL_FILE)
+    if beside.is_file():
+        try:
+            ev = load_eval(beside)
+            return {k: ev.get(k) for k in ("profile", "dataset", "model", "seed")}
+        except (OSError, ValueError):
+            pass
+    # results/{profile}/{dataset}/{model}/seed{seed}/file
+    parts = p.parts
+    match = re.fullmatch(r"seed(\d+)", parts[-2]) if len(parts) >= 2 else None
+    if match and len(parts) >= 5:
+        return {"profile": parts[-5], "dataset": parts[-4], "model": parts[-3], "seed": int(match.group(1))}
+    return {"profile": None, "dataset": None, "model": p.parent.name or p.stem, "seed": None}

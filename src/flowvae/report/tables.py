@@ -1,0 +1,291 @@
+"""Result tables (Markdown and LaTeX) from eval.json files and the published numbers.
+
+A table's runs are gathered once (`gather`: the rows, each model's runs over its seeds, the published
+rows that apply) and then laid out (`build_table`); its caption (captions.py) reads the same gathering.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from flowvae.files.atomic import write_text
+from flowvae.report.captions import caption
+from flowvae.report.format import MISSING_MD, MISSING_TEX, latex_escape, md_escape, num, pm
+from flowvae.report.inputs import PUBLISHED_COLUMNS
+from flowvae.spec.metrics import Metric, metric
+
+
+class MissingEvalError(ValueError):
+    """A table row has no eval.json among the inputs."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table entry, rendered separately for Markdown and LaTeX."""
+
+    md: str
+    tex: str
+
+
+@dataclass(frozen=True)
+class TableRuns:
+    """A table's spec with its runs gathered: what the layout and the caption read."""
+
+    name: str
+    spec: Mapping[str, Any]
+    context: Mapping[str, Any]
+    metrics: list[Metric]
+    rows: list[Mapping[str, Any]]  # the spec's rows, each {"model": ..., optional label / published_as / seeds}
+    runs: dict[str, list[Mapping[str, Any]]]  # model -> its evals, by seed
+    published: pd.DataFrame  # the published rows of the table's sources
+    sources: list[str]
+    primary: str
+    pub_key: dict[str, str]  # model -> the model name its published numbers go by
+
+    @property
+    def models(self) -> list[str]:
+        return [str(r["model"]) for r in self.rows]
+
+    @property
+    def chosen(self) -> list[Mapping[str, Any]]:
+        """Every eval the table shows, row by row."""
+        return [ev for model in self.models for ev in self.runs[model]]
+
+    @property
+    def several_seeds(self) -> bool:
+        return max(len(v) for v in self.runs.values()) > 1
+
+    @property
+    def seed_metric(self) -> Metric | None:
+        """The metric whose spread over seeds gets a column: -log p(x) where the table shows it."""
+        return next((m for m in self.metrics if m.shows_k), self.metrics[0]) if self.several_seeds else None
+
+    @property
+    def published_here(self) -> pd.DataFrame:
+        """The published rows of the models the table shows."""
+        return self.published[self.published["model"].isin(set(self.pub_key.values()))]
+
+
+def _published_for(spec: Mapping[str, Any], published: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str], str]:
+    """The published rows for this table, its sources in order, and the primary source."""
+    pub_spec = spec.get("published") or {}
+    if published is None or not pub_spec.get("tables"):
+        return pd.DataFrame(columns=list(PUBLISHED_COLUMNS)), [], ""
+    rows = published[published["table"].isin([int(t) for t in pub_spec["tables"]])]
+    sources = list(pub_spec.get("sources") or dict.fromkeys(rows["source"]))
+    rows = rows[rows["source"].isin(sources)]
+    primary = str(pub_spec.get("primary") or (sources[0] if sources else ""))
+    return rows, sources, primary
+
+
+def gather(
+    name: str,
+    spec: Mapping[str, Any],
+    evals: Sequence[Mapping[str, Any]],
+    published: pd.DataFrame | None,
+    context: Mapping[str, Any] | None = None,
+) -> TableRuns:
+    """A table's rows, each model's evals by seed, and its published rows; errors name what is missing or mixed."""
+    context = dict(context or {})
+    dataset = spec.get("dataset") or context.get("dataset")
+    metrics = [metric(m, spec.get("units")) for m in spec.get("metrics") or ["neg_elbo", "neg_log_px", "gap"]]
+    rows = [r if isinstance(r, Mapping) else {"model": r} for r in spec.get("rows") or []]
+    if not rows:
+        raise ValueError(f"{name}: the table spec has no rows")
+    by_model: dict[str, list[Mapping[str, Any]]] = {}
+    for ev in evals:
+        if dataset is None or ev.get("dataset") == dataset:
+            by_model.setdefault(str(ev["model"]), []).append(ev)
+    wanted = [str(r["model"]) for r in rows]
+    missing = [m for m in wanted if m not in by_model]
+    if missing:
+        have = sorted(set(by_model) & set(wanted)) or "none"
+        raise MissingEvalError(
+            f"{name}: no eval.json for model(s) {', '.join(missing)} on dataset {dataset} "
+            f"(profile {context.get('profile') or 'any'}); rows with evals: {have}. Expected "
+            f"results/{context.get('profile') or '{profile}'}/{dataset}/{missing[0]}/seed{{seed}}/eval.json"
+        )
+    runs: dict[str, list[Mapping[str, Any]]] = {}
+    for model in wanted:
+        seen: dict[Any, Mapping[str, Any]] = {}
+        for ev in by_model[model]:
+            if ev.get("seed") in seen:
+                raise ValueError(f"{name}: two eval.json for {model} seed {ev.get('seed')}")
+            seen[ev.get("seed")] = ev
+        runs[model] = sorted(seen.values(), key=lambda ev: (ev.get("seed") is None, ev.get("seed") or 0))
+    profile = context.get("profile")
+    others = {ev.get("profile") for model in wanted for ev in runs[model]} - {None, profile}
+    if profile and others:
+        raise ValueError(f"{name}: evals from profile(s) {sorted(others)} mixed into a {profile!r} table")
+    pub_rows, sources, primary = _published_for(spec, published)
+    pub_key = {str(r["model"]): str(r.get("published_as") or r["model"]) for r in rows}
+    return TableRuns(name, spec, context, metrics, rows, runs, pub_rows, sources, primary, pub_key)
+
+
+def _values(m: Metric, runs: list[Mapping[str, Any]], table: str) -> list[float]:
+    """One metric's value in each of a model's runs; ValueError naming the run where one is missing."""
+    values = []
+    for ev in runs:
+        value = m.get(ev)
+        if value is None:
+            raise ValueError(
+                f"{table}: eval.json of {ev.get('model')} seed {ev.get('seed')} has no value for "
+                f"{m.key!r} (is the metric right for dataset {ev.get('dataset')}?)"
+            )
+        values.append(float(value))
+    return values
+
+
+def _ours(m: Metric, runs: list[Mapping[str, Any]], table: str) -> tuple[Cell, float]:
+    """Our entry for one metric: the mean over a model's seeds ± the standard error over test points.
+
+    With several seeds the standard error is the runs' mean one (the seed-to-seed spread has its own
+    column, see _seed_sd).
+    """
+    mean = statistics.fmean(_values(m, runs, table))
+    errors = [m.se(ev) for ev in runs] if m.se is not None else []
+    err = statistics.fmean(float(e) for e in errors) if errors and None not in errors else None
+    digits = m.digits
+    if m.key == "active_units" and not float(mean).is_integer():
+        digits = 1
+    md, tex = pm(mean, err, digits, tex=False), pm(mean, err, digits, tex=True)
+    if m.key == "active_units":
+        dims = {ev.get("latent_dim") for ev in runs} - {None}
+        if len(dims) == 1:
+            dim = dims.pop()
+            md, tex = f"{md}/{dim}", f"{tex}/{dim}"
+    return Cell(md, tex), mean
+
+
+def _seed_sd(m: Metric, runs: list[Mapping[str, Any]], table: str) -> Cell:
+    """The standard deviation of a metric over a model's seeds ('—' with one seed)."""
+    values = _values(m, runs, table)
+    if len(values) < 2:
+        return Cell(MISSING_MD, MISSING_TEX)
+    sd = num(statistics.stdev(values), m.digits)
+    return Cell(sd, sd)
+
+
+def build_table(
+    name: str,
+    spec: Mapping[str, Any],
+    evals: Sequence[Mapping[str, Any]],
+    published: pd.DataFrame | None,
+    context: Mapping[str, Any] | None = None,
+) -> tuple[str, str]:
+    """Markdown and LaTeX for one params.yaml table spec, with published numbers beside ours."""
+    t = gather(name, spec, evals, published, context)
+    keyed = t.published_here[["source", "model", "metric", "value"]]
+    if keyed.duplicated(["source", "model", "metric"]).any():
+        dup = keyed[keyed.duplicated(["source", "model", "metric"], keep=False)].to_dict("records")
+        raise ValueError(f"{name}: published numbers given twice: {dup}")
+    pub_value = {(s, mo, me): v for s, mo, me, v in keyed.itertuples(index=False)}
+
+    several, seed_metric = t.several_seeds, t.seed_metric
+    shown: dict[str, str] = {}  # published metric -> the source its column shows
+    columns: list[tuple[str, str]] = [("model", "model")] + ([("seeds", "seeds")] if several else [])
+    body: list[list[Cell]] = []
+    for row in t.rows:
+        label = str(row.get("label") or row["model"])
+        n = str(len(t.runs[str(row["model"])]))
+        body.append([Cell(label, latex_escape(label))] + ([Cell(n, n)] if several else []))
+    for m in t.metrics:
+        columns.append((m.md, m.tex))
+        means = {}
+        for cells, model in zip(body, t.models):
+            cell, means[model] = _ours(m, t.runs[model], name)
+            cells.append(cell)
+        if m is seed_metric:
+            columns.append(("sd over seeds", "sd over seeds"))
+            for cells, model in zip(body, t.models):
+                cells.append(_seed_sd(m, t.runs[model], name))
+        # one published column per metric: the primary source, or the first that has this metric
+        have = [src for src in t.sources if any((src, t.pub_key[model], m.published) in pub_value for model in t.models)]
+        if not m.published or not have:
+            continue
+        ref = t.primary if t.primary in have else have[0]
+        shown[m.published] = ref
+        columns += [("published", "published"), (f"Δ {m.md}", rf"$\Delta$ {m.tex}")]
+        for cells, model in zip(body, t.models):
+            value = pub_value.get((ref, t.pub_key[model], m.published))
+            if value is None:
+                cells += [Cell(MISSING_MD, MISSING_TEX)] * 2
+                continue
+            digits = max(m.digits, 1) if m.key == "active_units" else m.digits
+            delta = f"{means[model] - value:+.{digits}f}"
+            cells += [Cell(num(value, m.digits), num(value, m.digits)), Cell(delta, delta)]
+
+    title, text = caption(t, shown)
+    md_frame = pd.DataFrame([[md_escape(c.md) for c in cells] for cells in body], columns=[md_escape(c[0]) for c in columns])
+    tex_frame = pd.DataFrame([[c.tex for c in cells] for cells in body], columns=[c[1] for c in columns])
+    markdown = (
+        f"**{title}**\n\n"
+        + md_frame.to_markdown(index=False, disable_numparse=True, colalign=["left"] + ["right"] * (len(columns) - 1))
+        + "\n\n" + text + "\n"
+    )
+    tex_title = str(spec.get("title") or title)  # LaTeX numbers the table itself
+    latex = tex_frame.to_latex(
+        index=False,
+        escape=False,
+        caption=(latex_escape(f"{tex_title}. {text}"), latex_escape(tex_title)),
+        label=f"tab:{name}",
+        position="htbp",
+        column_format="l" + "r" * (len(columns) - 1),
+    )
+    return markdown, latex
+
+
+def write_table(
+    name: str,
+    spec: Mapping[str, Any],
+    evals: Sequence[Mapping[str, Any]],
+    published: pd.DataFrame | None,
+    context: Mapping[str, Any] | None,
+    out_md: str | os.PathLike[str],
+    out_tex: str | os.PathLike[str],
+) -> tuple[str, str]:
+    """Build a table and write its .md and .tex atomically; returns both texts."""
+    markdown, latex = build_table(name, spec, evals, published, context)
+    write_text(out_md, markdown)
+    write_text(out_tex, latex)
+    return markdown, latex
+
+
+def budget_text(params: Mapping[str, Any], profile: str, runs: Iterable[Any]) -> str | None:
+    """The budgets under which a table's runs train, with what they change: for the caption."""
+    from flowvae.spec.params import matching_budgets
+
+    names = list(dict.fromkeys(n for r in runs for n in matching_budgets(params, r.dataset, r.model, profile)))
+    if not names:
+        return None
+    base = params["profiles"][profile]["train"]
+    texts = []
+    for name in names:
+        budget = params["budgets"][name]
+        changes = ", ".join(f"{k} {v}" + (f" instead of {base[k]}" if k in base else "") for k, v in budget["train"].items())
+        texts.append(f"budget {name}: {changes}" + (f"; {budget['note']}" if budget.get("note") else ""))
+    return "; ".join(texts)
+
+
+def table_context(params: Mapping[str, Any], profile: str | None, dataset: str | None, table: str | None = None) -> dict[str, Any]:
+    """Fallback caption facts from params.yaml (eval.json values take precedence), and the table's budgets."""
+    from flowvae.pipeline import plan
+    from flowvae.spec.settings import EvalSettings, TrainSettings
+
+    profile = profile or params["profile"]
+    block = params["profiles"][profile]
+    return {
+        "profile": profile,
+        "dataset": dataset,
+        "epochs": TrainSettings.from_params(block["train"]).epochs,
+        "K": EvalSettings.from_params(block["eval"]).K_for(dataset),
+        "seeds": list(params["seeds"]),
+        "commit": None,
+        "budget": budget_text(params, profile, plan.table_runs(params, table)) if table else None,
+    }

@@ -1,0 +1,115 @@
+"""Where the project's files live: the run folder's layout, the prepared splits, the published numbers.
+
+Every module and rule that names a run's file takes the name from here. A run folder
+(`results/{profile}/{dataset}/{model}/seed{seed}`) holds, while it trains, `checkpoint/state.pt` and
+`checkpoint/best.safetensors` (a replaced checkpoint moves to `checkpoint.replaced/`); the finished
+run has the files of TRAIN_OUTPUTS and, once evaluated, those of EVAL_OUTPUTS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flowvae.spec.datasets import SPLITS
+
+PUBLISHED_CSV = "reference/paper_results.csv"
+RESULTS_ROOT = "results"
+# The run folder as a pattern of Snakemake wildcards (and of DVC's foreach items, see dvcgen).
+RUN_PATTERN = "results/{profile}/{dataset}/{model}/seed{seed}"
+
+MODEL_FILE = "model.safetensors"  # the kept weights, the settings record as metadata
+SETTINGS_FILE = "settings.json"  # the same record, readable
+HISTORY_FILE = "train.jsonl"  # one line per epoch
+CURVES_FILE = "train_curves.csv"  # train.jsonl's curves as CSV: DVC plots read no JSON lines
+TIMINGS_FILE = "train_timings.json"  # seconds per epoch, train_minutes
+EVAL_FILE = "eval.json"
+EVAL_TIMINGS_FILE = "eval_timings.json"
+SAMPLES_FILE = "samples.npz"  # images and latent grids for the figures
+CHECKPOINT_DIR = "checkpoint"
+REPLACED_DIR = "checkpoint.replaced"
+STATE_FILE = f"{CHECKPOINT_DIR}/state.pt"
+BEST_FILE = f"{CHECKPOINT_DIR}/best.safetensors"
+
+TRAIN_OUTPUTS = (MODEL_FILE, SETTINGS_FILE, HISTORY_FILE, CURVES_FILE, TIMINGS_FILE)
+EVAL_OUTPUTS = (EVAL_FILE, EVAL_TIMINGS_FILE, SAMPLES_FILE)
+FIGURE_INPUTS = (EVAL_FILE, HISTORY_FILE, SAMPLES_FILE)  # what the figures notebook reads of each run
+
+
+def run_dir(profile: str, dataset: str, model: str, seed: int, root: str | Path = RESULTS_ROOT) -> Path:
+    """results/{profile}/{dataset}/{model}/seed{seed}."""
+    return Path(root) / profile / dataset / model / f"seed{seed}"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of one run's folder."""
+
+    root: Path
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def model(self) -> Path:
+        return self.root / MODEL_FILE
+
+    @property
+    def settings(self) -> Path:
+        return self.root / SETTINGS_FILE
+
+    @property
+    def history(self) -> Path:
+        return self.root / HISTORY_FILE
+
+    @property
+    def curves(self) -> Path:
+        return self.root / CURVES_FILE
+
+    @property
+    def timings(self) -> Path:
+        return self.root / TIMINGS_FILE
+
+    @property
+    def eval(self) -> Path:
+        return self.root / EVAL_FILE
+
+    @property
+    def eval_timings(self) -> Path:
+        return self.root / EVAL_TIMINGS_FILE
+
+    @property
+    def samples(self) -> Path:
+        return self.root / SAMPLES_FILE
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / CHECKPOINT_DIR
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_FILE
+
+    @property
+    def best(self) -> Path:
+        return self.root / BEST_FILE
+
+    @property
+    def replaced(self) -> Path:
+        return self.root / REPLACED_DIR
+
+
+def prepared_dir(params: dict, profile: str, dataset: str) -> Path:
+    """data/prepared/{profile}/{dataset}: each profile prepares its own subsets."""
+    return Path(params["data"]["prepared_dir"]) / profile / dataset
+
+
+def prepared_files(params: dict, profile: str, dataset: str) -> list[str]:
+    """The prepared split files of a data set for a profile."""
+    root = params["data"]["prepared_dir"]
+    return [f"{root}/{profile}/{dataset}/{split}.npz" for split in SPLITS]
+
+
+def train_log(profile: str, dataset: str, model: str, seed: int, root: str | Path = ".") -> Path:
+    """The Snakemake log of a run's training: logs/train/<profile>/<dataset>/<model>/seed<seed>.log."""
+    return Path(root) / "logs" / "train" / profile / dataset / model / f"seed{seed}.log"

@@ -1,0 +1,203 @@
+"""Typed settings: every block of a profile (network, ladder, pixel flow, train, eval, resources), with
+their defaults declared here once.
+
+params.yaml is validated against the schema first (schema.py); these classes then give the values
+names and types, so that no module reads profile dicts with `.get(key, default)`. The three model
+blocks (network, ladder, pixel_flow) also give the run's settings record its `network` entry:
+`record()` is the block with every default filled in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+def _from_block(cls, block: dict[str, Any] | None, known: set[str] | None = None, where: str = ""):
+    """An instance of a settings dataclass from a validated params block (lists become tuples)."""
+    block = block or {}
+    known = known or {f.name for f in fields(cls)}
+    unknown = sorted(set(block) - known)
+    if unknown:
+        noun = f"key(s) {unknown} in {where}" if where else f"setting(s) {unknown}"
+        raise ValueError(f"unknown {noun}; known: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in block.items()})
+
+
+def _as_record(values: dict[str, Any]) -> dict[str, Any]:
+    """Tuples back to lists: the JSON-ready form."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def _positive_int(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, not {value!r}")
+
+
+# Each network kind's keys and their defaults. Every kind also carries the posterior flow's sizes:
+# context_dim (encoder context h), coupling_hidden (real-NVP) and made_layers (IAF MADE hidden layers).
+NETWORK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": {"kind": "mlp", "z_dim": 32, "context_dim": 450, "coupling_hidden": 256, "made_layers": 1, "hidden": 450, "layers": 2},
+    "resnet": {
+        "kind": "resnet", "z_dim": 32, "context_dim": 450, "coupling_hidden": 256, "made_layers": 1,
+        "channels": (16, 32, 32), "dense": 450,
+    },
+    "gatedconv": {"kind": "gatedconv", "z_dim": 64, "context_dim": 256, "coupling_hidden": 256, "made_layers": 1},
+}
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """profiles.<profile>.network, updated by the data set's own `network`: encoder, decoder and flow sizes.
+
+    mlp uses hidden and layers, resnet channels and dense, gatedconv neither (its layers are fixed);
+    the fields of other kinds stay None and are not recorded.
+    """
+
+    kind: str
+    z_dim: int
+    context_dim: int
+    coupling_hidden: int
+    made_layers: int
+    hidden: int | None = None
+    layers: int | None = None
+    channels: tuple[int, ...] | None = None
+    dense: int | None = None
+
+    @classmethod
+    def from_params(cls, block: dict[str, Any]) -> "NetworkSettings":
+        kind = block.get("kind", "mlp")
+        if kind not in NETWORK_DEFAULTS:
+            raise ValueError(f"unknown network kind {kind!r}; expected one of {sorted(NETWORK_DEFAULTS)}")
+        defaults = NETWORK_DEFAULTS[kind]
+        return _from_block(cls, {**defaults, **block}, set(defaults), f"{kind} network settings")
+
+    def record(self) -> dict[str, Any]:
+        return _as_record({k: getattr(self, k) for k in NETWORK_DEFAULTS[self.kind]})
+
+
+@dataclass(frozen=True)
+class LadderSettings:
+    """profiles.<profile>.ladder: the bidirectional ResNet VAE (models/ladder.py)."""
+
+    channels: int = 64
+    z_channels: int = 32
+    free_bits: float = 0.1
+    stages: int = 1
+
+    @classmethod
+    def from_params(cls, block: dict[str, Any]) -> "LadderSettings":
+        s = _from_block(cls, block, where="ladder settings")
+        for key in ("channels", "z_channels", "stages"):
+            _positive_int(getattr(s, key), f"ladder setting {key}")
+        if float(s.free_bits) < 0:
+            raise ValueError(f"ladder setting free_bits must be >= 0, not {s.free_bits!r}")
+        return s
+
+    def record(self) -> dict[str, Any]:
+        return _as_record(asdict(self))
+
+
+@dataclass(frozen=True)
+class PixelFlowSettings:
+    """profiles.<profile>.pixel_flow: the pixel-space real NVP (models/pixelflow.py)."""
+
+    channels: int = 64  # width of the s/t ResNets (the paper's CIFAR-10 model: 64 features)
+    logit_alpha: float = 0.05  # Dinh et al. 2017 Sec. 4.1: "alpha is picked here as .05"
+
+    @classmethod
+    def from_params(cls, block: dict[str, Any]) -> "PixelFlowSettings":
+        s = _from_block(cls, block, where="pixel_flow settings")
+        _positive_int(s.channels, "pixel_flow setting channels")
+        if not 0 < float(s.logit_alpha) < 1:
+            raise ValueError(f"pixel_flow setting logit_alpha must be in (0, 1), not {s.logit_alpha!r}")
+        return s
+
+    def record(self) -> dict[str, Any]:
+        return _as_record(asdict(self))
+
+
+ModelSettings = NetworkSettings | LadderSettings | PixelFlowSettings
+# A family's `block` (families.py) names one of these.
+MODEL_BLOCKS: dict[str, type] = {"network": NetworkSettings, "ladder": LadderSettings, "pixel_flow": PixelFlowSettings}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """profiles.<profile>.train: everything that changes what a training computes."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "adamax"  # adamax | adam
+    betas: tuple[float, float] = (0.9, 0.999)  # the optimiser's beta1, beta2
+    warmup_epochs: float = 0.0  # KL weight rises linearly from 0 to 1 over these epochs
+    patience: int = 0  # early stopping after this many epochs without a better validation -ELBO (0: never)
+    ema: float = 0.0  # decay of the exponential moving average of the weights (0: none)
+    amp: str = "none"  # none | bf16: autocast of the training step (CUDA and CPU)
+
+    # Changing only these extends (or shortens) a run on resume instead of invalidating its checkpoint.
+    EXTENDABLE = ("epochs", "patience")
+
+    @classmethod
+    def from_params(cls, block: dict[str, Any]) -> "TrainSettings":
+        return _from_block(cls, block)
+
+    def record(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict."""
+        return _as_record(asdict(self))
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """profiles.<profile>.eval: what only the evaluation reads."""
+
+    K: int  # importance samples per test image
+    K_by_dataset: dict = field(default_factory=dict)  # per data set overrides of K
+    batch_size: int = 100  # test images per forward pass
+    is_curve_points: int = 0  # test images whose raw log-weights give the IS-vs-K curve
+    curve_K: tuple[int, ...] = ()
+    max_batch: int | None = None  # samples per decoder pass (default: 2,000 convolutional, 20,000 otherwise)
+    compile: bool = False  # torch.compile the decoder
+    decoder_bf16: bool = False  # bfloat16 decoder (check its effect first: python -m flowvae.bench --bf16-check)
+
+    @classmethod
+    def from_params(cls, block: dict[str, Any]) -> "EvalSettings":
+        return _from_block(cls, block)
+
+    def K_for(self, dataset: str) -> int:
+        """K for one data set."""
+        return int(self.K_by_dataset.get(dataset, self.K))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """profiles.<profile>.resources: how jobs run; changing them reruns nothing."""
+
+    threads: int = 1
+    mem_mb: int = 4000
+    runtime_min: int = 120
+    gpus: int = 0  # GPUs per training or evaluation job
+    jobs_per_gpu: int = 1  # small runs sharing one GPU (Snakemake's gpu_slots resource)
+    max_minutes: float | None = None  # time box of one `flowvae train` call: checkpoint and exit 75 after it
+    compile_train: bool = False  # torch.compile the training step (pays on GPUs; a compile costs minutes on a CPU)
+
+    @classmethod
+    def from_params(cls, block: dict[str, Any] | None) -> "Resources":
+        return _from_block(cls, block)
+
+
+def diff_settings(recorded: Any, current: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(key path, recorded value, current value) for every leaf that differs between two nested dicts."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(recorded) | set(current), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            out += diff_settings(recorded.get(key, "(absent)"), current.get(key, "(absent)"), path)
+        return out
+    return [] if recorded == current else [(prefix or "(all)", recorded, current)]
+
+
+def describe_diff(changes: list[tuple[str, Any, Any]]) -> str:
+    """'train.lr: 0.002 -> 0.001; ...' for a list from diff_settings."""
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
