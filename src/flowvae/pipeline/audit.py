@@ -1,7 +1,7 @@
 """The paper profile's fidelity audit (reference/paper_profile_audit.csv): each setting, its value here, the papers' value, the source.
 
 A row whose `setting` is a key path inside profiles.paper carries the value params.yaml has now in
-`params_value` (JSON); tests keep the two equal, and the README's table is `markdown_table()` of the file.
+`params_value` (JSON); tests keep the two equal, and the table in docs/paper-profile-audit.md (docs/sylvester-profile-audit.md) is `markdown_table()` of the file.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _cell(text: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, str]]) -> str:
-    """The README's 'paper profile vs the papers' table."""
+    """An audit as a Markdown table: what docs/paper-profile-audit.md and docs/sylvester-profile-audit.md show."""
     lines = ["| tables | setting | here | papers | source | note |", "|---|---|---|---|---|---|"]
     for r in rows:
         here = f"`{r['params_value']}`" if r["params_value"] else "(no key)"

@@ -3,8 +3,9 @@
 The variant name is parsed and every settings block typed here and nowhere else; the builder, the
 trainer, evaluate, status and bench take the RunSpec. Its `record()` is the run's settings record:
 everything that determines what a training computes, written to settings.json and into
-model.safetensors' metadata when it trains. Evaluate rebuilds the run from that record
-(`RunSpec.from_record`) and refuses when params.yaml now resolves the run differently.
+model.safetensors' metadata when it trains. Evaluate refuses a run whose record differs from what
+params.yaml resolves now; `RunSpec.from_record` gives back the run a record describes (a run folder
+read without its params.yaml).
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ class Resources:
     mem_mb: int = 4000
     runtime_min: int = 120
     gpus: int = 0  # GPUs per training or evaluation job
-    jobs_per_gpu: int = 1  # small runs sharing one GPU (Snakemake's gpu_slots resource)
+    jobs_per_gpu: int = 1  # small runs sharing one GPU (Snakemake's gpu_hundredths resource)
     max_minutes: float | None = None  # time box of one `flowvae train` call: checkpoint and exit 75 after it
     compile_train: bool = False  # torch.compile the training step (pays on GPUs; a compile costs minutes on a CPU)
 
