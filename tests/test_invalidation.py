@@ -153,3 +153,18 @@ def test_a_change_reruns_the_same_jobs_in_both_engines(built, name, tmp_path):
 def test_nothing_reruns_without_a_change(built):
     for engine, (project, env) in built.items():
         assert (snakemake_plan if engine == "snakemake" else dvc_plan)(project, env) == set(), engine
+
+
+def test_an_identical_params_file_elsewhere_reruns_nothing_and_may_have_spaces(built):
+    """The params file's path is in no command or params of the rules (issue: results that never lie, defect 1)."""
+    project, env = built["snakemake"]
+    copy = project / "my params.yaml"
+    shutil.copy(project / "params.yaml", copy)
+    try:
+        dry = _run([str(BIN / "snakemake"), "-n", "--config", f"params_file={copy.name}", "--", *TARGETS], project, env)
+        assert "Nothing to be done" in dry
+        out = _run([str(BIN / "snakemake"), "--cores", "1", "--forcerun", "table", "--config", f"params_file={copy.name}",
+                    "--", TARGETS[0]], project, env)  # the table job reads the params file through $FLOWVAE_PARAMS
+        assert "rule table" in out and (project / TARGETS[0]).is_file()
+    finally:
+        copy.unlink()

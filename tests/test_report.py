@@ -142,7 +142,7 @@ def test_an_exact_flow_row_is_named_as_exact(published: pd.DataFrame) -> None:
 def test_a_budget_is_named_in_the_caption(published: pd.DataFrame) -> None:
     context = {**CONTEXT, "budget": "budget short: epochs 15 instead of 80"}
     md, tex = report.build_table("table1", {**SPEC, "rows": [{"model": "vae"}]}, [_eval("vae", epochs=15)], published, context)
-    assert "reduced budget (budget short: epochs 15 instead of 80), 15 epochs run" in md
+    assert "Trained under budget short: epochs 15 instead of 80, 15 epochs run" in md and "reduced" not in md
     assert "epochs 15 instead of 80" in tex
 
 

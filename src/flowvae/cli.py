@@ -8,7 +8,9 @@ box or SIGTERM/SIGUSR1 stopped it after a checkpoint: rerun the same command to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -35,14 +37,16 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value:g}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value:g}")
     return value
 
 
 def _params(args: argparse.Namespace) -> dict:
-    """params.yaml validated (table sources against the published numbers when that file is here)."""
-    return load_params(args.params, published=PUBLISHED_CSV if Path(PUBLISHED_CSV).is_file() else None)
+    """params.yaml validated, table sources against the published numbers beside it (its project's
+    reference/paper_results.csv, wherever the command runs from) when that file exists."""
+    published = Path(args.params).parent / PUBLISHED_CSV
+    return load_params(args.params, published=published if published.is_file() else None)
 
 
 def _params_arg(p: argparse.ArgumentParser) -> None:
@@ -67,7 +71,7 @@ def _resolve(args: argparse.Namespace):
 
     params = _params(args)
     spec = RunSpec.resolve(params, args.profile or params["profile"], args.dataset, args.model, args.seed)
-    return spec, RunFolder(Path(args.out)) if args.out else spec.default_folder
+    return params, spec, RunFolder(Path(args.out)) if args.out else spec.default_folder
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -87,24 +91,49 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         print(f"{args.dataset}{note} {split}: {path}")
 
 
+@contextlib.contextmanager
+def _withdrawn_on_failure(params: dict, spec, folder: RunFolder):
+    """If the training or evaluation of a pipeline run fails: remove the tables and summary pages that show it.
+
+    Snakemake does not rerun a table whose evaluation's outputs went missing with the failed job, so
+    an older table would look current; without it, the next build must evaluate the run again.
+    """
+    from flowvae.pipeline import plan
+    from flowvae.spec.layout import report_files
+
+    try:
+        yield
+    except BaseException:
+        if folder == spec.default_folder:  # a run trained elsewhere (--out) is in no table
+            run = plan.Run(spec.dataset_name, spec.variant.name, spec.seed)
+            for name in plan.reports_with_run(params, run):
+                for path in report_files(spec.profile, name):
+                    if path.exists():
+                        path.unlink()
+                        print(f"removed {path}: it shows {folder.root}, whose job failed", file=sys.stderr)
+        raise
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from flowvae.runs.train import Trainer
 
-    spec, folder = _resolve(args)
+    params, spec, folder = _resolve(args)
     resources = spec.resources
     max_minutes = args.max_minutes if args.max_minutes is not None else resources.max_minutes
-    trainer = Trainer(
-        spec, folder.root, threads=args.threads, device=args.device, on_change=args.on_change,
-        max_minutes=max_minutes, compile_step=resources.compile_train,
-    )
-    print(json.dumps(trainer.run()))
+    with _withdrawn_on_failure(params, spec, folder):
+        trainer = Trainer(
+            spec, folder.root, threads=args.threads, device=args.device, on_change=args.on_change,
+            max_minutes=max_minutes, compile_step=resources.compile_train,
+        )
+        print(json.dumps(trainer.run()))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from flowvae.runs.evaluate import evaluate
 
-    spec, folder = _resolve(args)
-    metrics = evaluate(spec, folder.root, threads=args.threads, device=args.device)
+    params, spec, folder = _resolve(args)
+    with _withdrawn_on_failure(params, spec, folder):
+        metrics = evaluate(spec, folder.root, threads=args.threads, device=args.device)
     keys = ("neg_elbo", "neg_log_px", "neg_log_px_se", "gap", "active_units", "K")
     print(json.dumps({k: metrics[k] for k in keys}))
 

@@ -1,4 +1,5 @@
 import os
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -13,9 +14,17 @@ from flowvae.spec.settings import Resources as JobResources
 from flowvae.spec.variants import WILDCARD_PATTERN
 
 # params.yaml is read (and validated) here rather than by `configfile:`, so that a syntax error is
-# reported once with file, line and column. `--config profile=...` (or any top-level key) overrides it;
-# `--config params_file=other.yaml` reads another file.
+# reported once with file, line and column. `--config profile=...` picks the profile of the default
+# target; `--config params_file=other.yaml` reads another file. No other key may be overridden: the jobs
+# read the params file itself, so an override would steer the DAG but not what the jobs compute.
 PARAMS_FILE = config.pop("params_file", "params.yaml")
+_unseen = sorted(set(config) - {"profile"})
+if _unseen:
+    raise WorkflowError(
+        f"--config {', '.join(_unseen)}: the jobs read {PARAMS_FILE}, not Snakemake's config, so they would not see "
+        f"this override. Set it in {PARAMS_FILE} (or in a copy passed with --config params_file=<copy>); "
+        "--config takes only profile and params_file"
+    )
 try:
     _params = {**read_params(PARAMS_FILE), **config}
     _where = PARAMS_FILE + (f" (with --config {', '.join(sorted(config))})" if config else "")
@@ -25,8 +34,10 @@ except ParamsError as exc:
 config.update(_params)
 
 PROFILE = config["profile"]
-# The rules call the `flowvae` command of the environment that runs Snakemake.
-shell.prefix(f'export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
+# The rules call the `flowvae` command of the environment that runs Snakemake, with the params file in
+# $FLOWVAE_PARAMS: its path is in no rule's command or params, so that the same settings read from another
+# file (an identical copy) rerun nothing, and a path with spaces stays one argument.
+shell.prefix(f'export PATH="{os.path.dirname(sys.executable)}:$PATH" FLOWVAE_PARAMS={shlex.quote(PARAMS_FILE)}; ')
 RUN = RUN_PATTERN
 RUN_LOG = "{profile}/{dataset}/{model}/seed{seed}.log"
 

@@ -4,11 +4,10 @@ rule prepare:
         expand("{root}/{{profile}}/{{dataset}}/{split}.npz", root=config["data"]["prepared_dir"], split=SPLITS),
     params:
         settings=lambda w: plan.param_values(config, plan.prepare_param_keys(config, w.dataset, w.profile)),
-        file=PARAMS_FILE,
     log:
         "logs/prepare/{profile}/{dataset}.log",
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "flowvae prepare --params {params.file} --profile {wildcards.profile} --dataset {wildcards.dataset} > {log} 2>&1"
+        "flowvae prepare --params \"$FLOWVAE_PARAMS\" --profile {wildcards.profile} --dataset {wildcards.dataset} > {log} 2>&1"

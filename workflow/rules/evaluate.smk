@@ -11,7 +11,6 @@ rule evaluate:
         samples=f"{RUN}/{layout.SAMPLES_FILE}",
     params:
         settings=lambda w: plan.param_values(config, plan.eval_param_keys(w.profile)),
-        file=PARAMS_FILE,
     log:
         f"logs/evaluate/{RUN_LOG}",
     threads: resource("threads")
@@ -21,5 +20,5 @@ rule evaluate:
         gpu=resource("gpus"),
         gpu_hundredths=gpu_share,
     shell:
-        "flowvae evaluate --params {params.file} --profile {wildcards.profile} --dataset {wildcards.dataset}"
+        "flowvae evaluate --params \"$FLOWVAE_PARAMS\" --profile {wildcards.profile} --dataset {wildcards.dataset}"
         " --model {wildcards.model} --seed {wildcards.seed} --threads {threads} > {log} 2>&1"

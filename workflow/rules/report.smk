@@ -26,6 +26,9 @@ rule table:
     """One results table (Markdown and LaTeX) with the published numbers beside ours."""
     input:
         evals=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.evaluate.output.metrics),
+        # The models too: a model replaced or corrupted after its evaluation makes the table out of date, so
+        # a failed re-evaluation can never leave an older table looking current.
+        models=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.train.output.model),
         timings=lambda w: run_outputs(
             plan.table_runs(config, w.table), w.profile, rules.evaluate.output.timings, rules.train.output.timings
         ),
@@ -48,11 +51,10 @@ rule table:
         ),
     params:
         spec=lambda w: plan.param_values(config, plan.table_param_keys(w.table)),
-        file=PARAMS_FILE,
     log:
         "logs/report/{profile}/{table}.log",
     shell:
-        "flowvae report table --params {params.file} --profile {wildcards.profile} --table {wildcards.table}"
+        "flowvae report table --params \"$FLOWVAE_PARAMS\" --profile {wildcards.profile} --table {wildcards.table}"
         " --published {input.published} --out-md {output.md} --out-tex {output.tex} {input.evals} > {log} 2>&1"
 
 
@@ -83,9 +85,8 @@ rule figures:
         part="(?:%s)" % "|".join(plan.figures_name(s).removeprefix("figures") for s in plan.summary_names(config)),
     params:
         spec=lambda w: plan.param_values(config, ["figures"]),
-        file=PARAMS_FILE,
     log:
         "logs/report/{profile}/figures{part}.log",
     shell:
-        "flowvae figures --params {params.file} --profile {wildcards.profile} --notebook {input.notebook}"
+        "flowvae figures --params \"$FLOWVAE_PARAMS\" --profile {wildcards.profile} --notebook {input.notebook}"
         " --summary summary{wildcards.part} --out-dir {output.figures} --executed {output.notebook} > {log} 2>&1"

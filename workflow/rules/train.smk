@@ -10,7 +10,6 @@ rule train:
         timings=f"{RUN}/{layout.TIMINGS_FILE}",
     params:
         settings=lambda w: plan.param_values(config, plan.train_param_keys(config, run_of(w), w.profile)),
-        file=PARAMS_FILE,
     log:
         f"logs/train/{RUN_LOG}",
     threads: resource("threads")
@@ -20,5 +19,5 @@ rule train:
         gpu=resource("gpus"),
         gpu_hundredths=gpu_share,
     shell:
-        "flowvae train --params {params.file} --profile {wildcards.profile} --dataset {wildcards.dataset}"
+        "flowvae train --params \"$FLOWVAE_PARAMS\" --profile {wildcards.profile} --dataset {wildcards.dataset}"
         " --model {wildcards.model} --seed {wildcards.seed} --threads {threads} --on-change restart > {log} 2>&1"

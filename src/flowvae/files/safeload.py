@@ -17,11 +17,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from flowvae.files.errors import CorruptFileError
+
 METADATA_KEY = "flowvae"  # the one safetensors metadata entry: a JSON document with sorted keys
-
-
-class CorruptFileError(ValueError):
-    """A file flowvae wrote is unreadable or is not what it should be."""
 
 
 def _fail(path: Path, what: str, reason: str, rebuild: str) -> CorruptFileError:

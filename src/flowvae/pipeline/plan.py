@@ -102,6 +102,13 @@ def summary_runs(params: dict, summary: str) -> list[Run]:
     return sorted(runs)
 
 
+def reports_with_run(params: dict, run: Run) -> list[str]:
+    """The tables whose rows include `run`, and the summary pages that show one of them."""
+    tables = [t for t in table_names(params) if run in table_runs(params, t)]
+    summaries = [s for s in summary_names(params) if set(summary_tables(params, s)) & set(tables)]
+    return tables + summaries
+
+
 def datasets_used(params: dict) -> list[str]:
     """The data sets the runs need, sorted."""
     return sorted({r.dataset for r in all_runs(params)})

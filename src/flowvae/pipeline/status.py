@@ -45,17 +45,43 @@ class RunStatus:
     early_stopping: bool = False
     idle_seconds: float | None = None  # since its files last moved (training and stopped runs)
     seconds_spent: float = 0.0  # training and evaluation so far (train_timings.json, eval_timings.json)
+    stop_reason: str | None = None  # why the trainer last stopped early (time box, signal), from its checkpoint folder
+    unreadable: tuple[str, ...] = ()  # files of the run that exist but could not be read (malformed, half-written)
 
     @property
     def label(self) -> str:
         return f"{self.run.dataset}/{self.run.model}/seed{self.run.seed}"
 
 
-def _read_json(path: Path) -> dict | None:
-    """A JSON file's content, or None if it is missing or half-written."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+class _Reader:
+    """Reads a run's JSON files, tolerating any malformed one and remembering which were."""
+
+    def __init__(self) -> None:
+        self.unreadable: list[str] = []
+
+    def json(self, path: Path) -> dict:
+        """A JSON object file's content; {} if it is missing, and also if it is malformed (then noted)."""
+        try:
+            value = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            value = None
+        if not isinstance(value, dict):
+            self.unreadable.append(str(path))
+            return {}
+        return value
+
+    def number(self, value, path: Path) -> float | None:
+        """A finite number from a file's field, or None (noting the file) if it is not one."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if math.isfinite(number):
+            return number
+        if str(path) not in self.unreadable:
+            self.unreadable.append(str(path))
         return None
 
 
@@ -88,12 +114,20 @@ def run_status(params: dict, profile: str, run: Run, root: str | Path = ".", now
     now = time.time() if now is None else now
     folder = RunFolder(run_dir(profile, run.dataset, run.model, run.seed, Path(root) / "results"))
     settings = RunSpec.resolve(params, profile, run.dataset, run.model, run.seed).train
-    timings = _read_json(folder.timings) or {}
-    epochs = [e for e in timings.get("epochs") or [] if isinstance(e, dict) and "seconds" in e]
-    done = max((int(e.get("epoch", 0)) for e in epochs), default=0)
-    per_epoch = sum(float(e["seconds"]) for e in epochs) / len(epochs) if epochs else None
-    eval_timings = _read_json(folder.eval_timings) or {}
-    spent = sum(float(e["seconds"]) for e in epochs) + float(eval_timings.get("eval_seconds") or 0.0)
+    read = _Reader()
+    timings = read.json(folder.timings)
+    listed = timings.get("epochs") if isinstance(timings.get("epochs"), list) else []
+    epochs = [(read.number(e.get("epoch"), folder.timings), read.number(e.get("seconds"), folder.timings))
+              for e in listed if isinstance(e, dict)]
+    epochs = [(int(epoch), seconds) for epoch, seconds in epochs if epoch is not None and seconds is not None]
+    done = max((epoch for epoch, _ in epochs), default=0)
+    per_epoch = sum(seconds for _, seconds in epochs) / len(epochs) if epochs else None
+    eval_timings = read.json(folder.eval_timings)
+    eval_seconds = read.number(eval_timings.get("eval_seconds", 0.0), folder.eval_timings) or 0.0
+    spent = sum(seconds for _, seconds in epochs) + eval_seconds
+    evaluation = read.json(folder.eval)
+    neg_log_px = read.number(evaluation.get("neg_log_px"), folder.eval) if evaluation else None
+    stopped = read.json(folder.stopped)
     common = dict(
         seconds_spent=spent,
         run=run,
@@ -102,11 +136,11 @@ def run_status(params: dict, profile: str, run: Run, root: str | Path = ".", now
         seconds_per_epoch=per_epoch,
         best_val_neg_elbo=_best_val_neg_elbo(folder.history),
         early_stopping=settings.patience > 0,
+        unreadable=tuple(read.unreadable),
     )
 
-    evaluation = _read_json(folder.eval)
-    if evaluation is not None:
-        return RunStatus(state="evaluated", eta_seconds=0.0, neg_log_px=evaluation.get("neg_log_px"), **common)
+    if evaluation:
+        return RunStatus(state="evaluated", eta_seconds=0.0, neg_log_px=neg_log_px, **common)
     if folder.model.exists():
         return RunStatus(state="trained", eta_seconds=0.0, **common)
 
@@ -118,7 +152,12 @@ def run_status(params: dict, profile: str, run: Run, root: str | Path = ".", now
     moved = [t for t in (checkpoint, epoch_end, log) if t is not None]
     stale_after = max(STALE_AFTER_EPOCHS * (per_epoch or 0.0), STALE_AFTER_MIN_SECONDS)
     idle = now - max(moved) if moved else None
-    if idle is not None and idle <= stale_after:
+    # The trainer leaves checkpoint/stopped.json when it stops early (exit 75); a rerun removes it as it starts.
+    stopped_at = _mtime(folder.stopped) if stopped else None
+    if stopped_at is not None and stopped_at >= max([t for t in (checkpoint, epoch_end) if t is not None], default=0.0) - 1.0:
+        state = "stopped"
+        common["stop_reason"] = str(stopped.get("reason") or "stopped early")
+    elif idle is not None and idle <= stale_after:
         state = "training"  # also before its first checkpoint, while its log moves
     elif checkpoint is not None or epoch_end is not None:
         state = "stopped"
@@ -162,8 +201,12 @@ def format_line(status: RunStatus, width: int = 0) -> str:
                 parts.append("ETA " + _eta(status.eta_seconds, status.early_stopping))
         if status.best_val_neg_elbo is not None:
             parts.append(f"val -ELBO {status.best_val_neg_elbo:.2f}")
-        if status.state == "stopped" and status.idle_seconds is not None:
+        if status.state == "stopped" and status.stop_reason:
+            parts.append(f"{status.stop_reason}, rerun to resume")
+        elif status.state == "stopped" and status.idle_seconds is not None:
             parts.append(f"idle {format_duration(status.idle_seconds)}, rerun to resume")
+    if status.unreadable:
+        parts.append(f"(unreadable: {', '.join(status.unreadable)})")
     return "  ".join(parts).rstrip()
 
 

@@ -35,7 +35,7 @@ def caption(t: TableRuns, shown: dict[str, str]) -> tuple[str, str]:
     parts = [f"Profile {first('profile')}, data set {dataset}, seeds {seeds}, commit {first('commit')}; {units}."]
     budget = context.get("budget")
     if budget:
-        parts.append(f"Trained under a reduced budget ({budget}), {first('epochs')} epochs run.")
+        parts.append(f"Trained under {budget}, {first('epochs')} epochs run.")
     else:
         parts.append(f"{first('epochs')} epochs.")
     parts += _estimator_text(t)

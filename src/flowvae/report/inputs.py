@@ -10,8 +10,10 @@ from typing import Any
 
 import pandas as pd
 
-from flowvae.spec.layout import EVAL_FILE, EVAL_TIMINGS_FILE, TIMINGS_FILE
+from flowvae.files.jsonfiles import read_json_lines, read_json_object
+from flowvae.spec.layout import EVAL_FILE, EVAL_TIMINGS_FILE, HISTORY_FILE, TIMINGS_FILE
 
+RETRAIN_HISTORY = f"delete the run's {HISTORY_FILE} and rerun its training (it resumes from its checkpoint and writes the file again)"
 PUBLISHED_COLUMNS = ("source", "table", "dataset", "model", "metric", "value", "note")
 
 
@@ -33,24 +35,21 @@ def load_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
     Timings live in their own files (eval_timings.json, train_timings.json) so that eval.json has the
     same bytes for the same run; a table reads train_minutes and eval_seconds from them.
     """
-    with open(path, encoding="utf-8") as fh:
-        ev = json.load(fh)
+    ev = read_json_object(path, "rerun the run's evaluation (delete it; Snakemake or `flowvae evaluate` writes it again)")
     missing = [k for k in ("model", "dataset") if k not in ev]
     if missing:
         raise ValueError(f"{path}: eval.json lacks {missing}")
     for name, keys in ((EVAL_TIMINGS_FILE, ("eval_seconds", "is_samples_per_s")), (TIMINGS_FILE, ("train_minutes",))):
         beside = Path(path).with_name(name)
         if beside.is_file():
-            timings = json.loads(beside.read_text(encoding="utf-8"))
+            timings = read_json_object(beside, "delete it and rerun the job that writes it")
             ev.update({k: timings[k] for k in keys if k in timings})
     return ev
 
 
 def load_train_log(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a train.jsonl (one JSON object per epoch) into a DataFrame."""
-    with open(path, encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(read_json_lines(path, RETRAIN_HISTORY))
 
 
 def run_id(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -98,9 +98,15 @@ def read_checkpoint(folder: RunFolder, record: dict, on_change: str, device: tor
         raise CorruptFileError(f"{path} is corrupt or not a flowvae training checkpoint (it lacks {missing}); {rebuild_hint(folder)}")
     changes = diff_settings(json.loads(payload.get("settings") or "{}"), record)
     blocking = [c for c in changes if c[0] not in EXTENDABLE]
-    if not blocking:
+    if not changes:
         return payload, changes
-    message = f"{folder.root}: params.yaml now gives this run other settings than its checkpoint was trained with: {describe_diff(blocking)}"
+    if blocking:
+        message = f"{folder.root}: params.yaml now gives this run other settings than its checkpoint was trained with: {describe_diff(blocking)}"
+    else:
+        beyond = trained_beyond(TrainState(**payload["state"]), TrainSettings.from_params(record["train"]))
+        if beyond is None:
+            return payload, changes
+        message = f"{folder.root}: {describe_diff(changes)}: {beyond}, so its weights are not those of the new budget"
     if on_change == "refuse":
         raise SettingsChanged(
             f"{message}. Restore those settings to continue it, or start it over with `--on-change restart` "
@@ -110,6 +116,25 @@ def read_checkpoint(folder: RunFolder, record: dict, on_change: str, device: tor
     folder.checkpoint.rename(folder.replaced)
     print(f"{message}; starting over (the old checkpoint is in {folder.replaced})", file=sys.stderr, flush=True)
     return None, []
+
+
+def stop_epoch(history: list[dict], t: TrainSettings) -> int:
+    """The epoch after which a run with budget `t` stops, given its validation history ("best" flags)."""
+    bad = 0
+    for epoch, row in enumerate(history, start=1):
+        bad = 0 if row.get("best") else bad + 1
+        if epoch >= t.epochs or (t.patience and bad >= t.patience):
+            return epoch
+    return t.epochs
+
+
+def trained_beyond(state: TrainState, t: TrainSettings) -> str | None:
+    """Why a checkpoint holds more training than budget `t` allows (epochs lowered, patience tightened), or None."""
+    stop = stop_epoch(state.history, t)
+    if state.epoch > stop or (state.epoch == stop and state.step_in_epoch > 0):
+        done = f"{state.epoch} epochs" + (f" and {state.step_in_epoch} steps" if state.step_in_epoch else "")
+        return f"the checkpoint holds {done}, but this budget stops after epoch {stop}"
+    return None
 
 
 def apply_new_budget(folder: RunFolder, state: TrainState, t: TrainSettings, changes: list) -> None:

@@ -24,7 +24,6 @@ grid_x, grid_y, prior_logp and posterior_logq (log-densities on a grid) for a fe
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -36,6 +35,8 @@ from flowvae.data.batches import Batches, batches_for
 from flowvae.files.atomic import write_json, write_npz
 from flowvae.files.errors import SettingsChanged
 from flowvae.files.provenance import code_commit
+from flowvae.files.errors import CorruptFileError
+from flowvae.files.jsonfiles import read_json_lines, read_json_object
 from flowvae.files.safeload import read_metadata
 from flowvae.models.build import build_model, count_parameters
 from flowvae.models.contract import LatentVariableModel
@@ -208,14 +209,32 @@ def figure_arrays(model, x: torch.Tensor, seed: int, n_prior: int = 64, n_interp
 
 
 def check_recorded(spec: RunSpec, folder: RunFolder) -> None:
-    """SettingsChanged when the run's model was trained with other settings than params.yaml gives it now."""
-    rebuild = f"retrain it: `flowvae train --profile {spec.profile} --dataset {spec.dataset_name} --model {spec.variant.name} --seed {spec.seed}`"
+    """Refuse a run whose files disagree with each other or with params.yaml.
+
+    SettingsChanged when the model was trained with other settings than params.yaml gives it now, or
+    holds weights from beyond its recorded budget; CorruptFileError when settings.json is not the
+    record the model file carries.
+    """
+    command = f"flowvae train --profile {spec.profile} --dataset {spec.dataset_name} --model {spec.variant.name} --seed {spec.seed}"
+    rebuild = f"retrain it: `{command} --on-change restart`"
     recorded = read_metadata(folder.model, "a trained flowvae model", rebuild)
     changes = diff_settings(recorded.get("settings"), spec.record())
     if changes:
         raise SettingsChanged(
             f"{folder.model} was trained with other settings than params.yaml gives this run now: "
             f"{describe_diff(changes)}. Its numbers would not match params.yaml; {rebuild} (Snakemake and DVC rerun it)"
+        )
+    if int(recorded.get("best_epoch", 0)) > spec.train.epochs:
+        raise SettingsChanged(
+            f"{folder.model} holds the weights of epoch {recorded['best_epoch']}, beyond the {spec.train.epochs} epochs "
+            f"its settings record; delete {folder.root} and {rebuild}"
+        )
+    remake = f"delete it and rerun `{command}` (Snakemake reruns it), which writes it again"
+    written = read_json_object(folder.settings, remake)
+    if written != recorded:
+        raise CorruptFileError(
+            f"{folder.settings} does not hold the settings record that {folder.model} carries "
+            f"({describe_diff(diff_settings(recorded, written))}); {remake}"
         )
 
 
@@ -235,7 +254,7 @@ def evaluate(spec: RunSpec, run_dir: str | Path, threads: int | None = None, dev
     prepare_for_inference(model, compile_decoder=settings.compile, decoder_bf16=settings.decoder_bf16)
     K = 1 if model.exact_likelihood else spec.eval_K  # a flow's log p(x) needs no importance sampling
     test = batches_for(spec, "test", settings.batch_size, False, spec.seed + 30_000, dev)
-    history = [json.loads(line) for line in folder.history.read_text().splitlines() if line.strip()]
+    history = read_json_lines(folder.history, f"delete it and rerun the run's training (it resumes from its checkpoint and writes {folder.history.name} again)")
     torch.manual_seed(spec.seed + 40_000)
     d = int(np.prod(spec.image_shape))
     if max_batch is None:

@@ -350,6 +350,7 @@ class Trainer:
                 handlers[sig] = signal.signal(sig, self._on_signal)
             except ValueError:  # not the main thread: no handlers
                 break
+        self.folder.stopped.unlink(missing_ok=True)
         try:
             while not self.state.finished:
                 if self.stop_reason is not None:  # a signal during validation; the time box is looked at after each step
@@ -357,6 +358,9 @@ class Trainer:
                     raise TimeBoxReached(f"{self.out}: {self.stop_reason}; checkpoint written at epoch {self.state.epoch}. Rerun the same command to continue")
                 self.train_epoch(started_run)
                 self.end_epoch()
+        except TimeBoxReached:
+            write_json(self.folder.stopped, {"reason": self.stop_reason})  # `flowvae status` says "stopped" and why
+            raise
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)

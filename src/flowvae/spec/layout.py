@@ -15,6 +15,7 @@ from flowvae.spec.datasets import SPLITS
 
 PUBLISHED_CSV = "reference/paper_results.csv"
 RESULTS_ROOT = "results"
+REPORTS_ROOT = "reports"  # reports/{profile}/{table}.md and .tex, {summary}.md, figures{part}/
 # The run folder as a pattern of Snakemake wildcards (and of DVC's foreach items, see dvcgen).
 RUN_PATTERN = "results/{profile}/{dataset}/{model}/seed{seed}"
 
@@ -29,6 +30,7 @@ SAMPLES_FILE = "samples.npz"  # images and latent grids for the figures
 CHECKPOINT_DIR = "checkpoint"
 REPLACED_DIR = "checkpoint.replaced"
 STATE_FILE = f"{CHECKPOINT_DIR}/state.pt"
+STOPPED_FILE = f"{CHECKPOINT_DIR}/stopped.json"  # why the trainer last stopped early; removed when it resumes
 BEST_FILE = f"{CHECKPOINT_DIR}/best.safetensors"
 
 TRAIN_OUTPUTS = (MODEL_FILE, SETTINGS_FILE, HISTORY_FILE, CURVES_FILE, TIMINGS_FILE)
@@ -91,12 +93,22 @@ class RunFolder:
         return self.root / STATE_FILE
 
     @property
+    def stopped(self) -> Path:
+        return self.root / STOPPED_FILE
+
+    @property
     def best(self) -> Path:
         return self.root / BEST_FILE
 
     @property
     def replaced(self) -> Path:
         return self.root / REPLACED_DIR
+
+
+def report_files(profile: str, name: str, root: str | Path = ".") -> list[Path]:
+    """The files of a table (its .md and .tex) or of a summary page (its .md) under reports/{profile}/."""
+    folder = Path(root) / REPORTS_ROOT / profile
+    return [folder / f"{name}.md", folder / f"{name}.tex"]
 
 
 def prepared_dir(params: dict, profile: str, dataset: str) -> Path:
