@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
 import struct
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,10 @@ def write_cifar(path: Path, n_per_batch: int, rng: np.random.Generator) -> dict[
             info.size = len(raw)
             tar.addfile(info, io.BytesIO(raw))
     return made
+
+
+def md5_of(raw: bytes) -> str:
+    return hashlib.md5(raw).hexdigest()
 
 
 def remote(path: str, file: Path, url: str = "http://127.0.0.1:9/none") -> RemoteFile:
@@ -169,6 +175,177 @@ def test_no_source_names_url_and_how_to_supply(tmp_path, monkeypatch):
         fetch(spec, tmp_path / "raw", download.mirror_root())
 
 
+# ---------------------------------------------------------------- downloads capped at the declared size
+
+
+class _Server:
+    """A loopback HTTP server. /flood sends 64 MiB with no Content-Length (endless to a client that expects 1000
+    bytes; bounded so that a regression fails the test instead of filling the disk), /forever streams paced bytes
+    until the client goes away, /lying says Content-Length 5000, /ok serves `body`."""
+
+    def __init__(self, body: bytes):
+        import http.server
+        import threading
+
+        self.body, self.sent = body, 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                if self.path == "/ok":
+                    self.send_header("Content-Length", str(len(outer.body)))
+                    self.end_headers()
+                    self.wfile.write(outer.body)
+                    return
+                limit = {"/flood": 64 << 20, "/lying": 5000}.get(self.path)
+                if self.path == "/lying":
+                    self.send_header("Content-Length", "5000")
+                self.end_headers()
+                block = b"x" * 65536
+                try:
+                    while limit is None or outer.sent < limit:
+                        self.wfile.write(block)
+                        outer.sent += len(block)
+                        if limit is None:
+                            time.sleep(0.005)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = _Server(b"0123456789")
+    yield s
+    s.close()
+
+
+def test_a_server_that_streams_forever_stops_at_the_declared_size(tmp_path, server):
+    spec = RemoteFile("d/f.bin", f"{server.url}/flood", 1000, "md5:" + md5_of(b"x" * 1000))
+    with pytest.raises(DownloadError) as err:
+        fetch(spec, tmp_path / "raw", None)
+    msg = str(err.value)
+    assert "d/f.bin" in msg and f"{server.url}/flood" in msg and "1000 bytes" in msg
+    assert "more than" in msg
+    assert list((tmp_path / "raw" / "d").iterdir()) == []
+    assert server.sent < 32 << 20  # the client hung up long before the end
+
+
+def test_a_content_length_other_than_the_declared_size_fails_before_reading(tmp_path, server):
+    spec = RemoteFile("d/f.bin", f"{server.url}/lying", 10, "md5:" + md5_of(b"0123456789"))
+    with pytest.raises(DownloadError) as err:
+        fetch(spec, tmp_path / "raw", None)
+    msg = str(err.value)
+    assert f"{server.url}/lying" in msg and "Content-Length" in msg and "5000" in msg and "10 bytes" in msg
+    assert list((tmp_path / "raw" / "d").iterdir()) == []
+
+
+def test_a_mirror_file_of_another_size_is_refused_and_the_url_tried(tmp_path, server):
+    mirror = tmp_path / "mirror"
+    (mirror / "d").mkdir(parents=True)
+    (mirror / "d" / "f.bin").write_bytes(b"0123456789 and more")
+    spec = RemoteFile("d/f.bin", f"{server.url}/ok", 10, "md5:" + md5_of(b"0123456789"))
+    assert fetch(spec, tmp_path / "raw", mirror).read_bytes() == b"0123456789"
+
+
+def test_stale_part_files_of_killed_runs_are_removed_on_the_next_try(tmp_path, server):
+    import fcntl
+
+    folder = tmp_path / "raw" / "d"
+    folder.mkdir(parents=True)
+    stale = folder / ".f.bin.k1ll3d__.part"
+    stale.write_bytes(b"x" * 4096)
+    live = folder / ".f.bin.l1v3____.part"  # a fetch running now holds a lock on its file: kept
+    live.write_bytes(b"y")
+    other = folder / ".g.bin.k1ll3d__.part"  # another file's: left for its own next try
+    other.write_bytes(b"z")
+    with open(live, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        spec = RemoteFile("d/f.bin", f"{server.url}/ok", 10, "md5:" + md5_of(b"0123456789"))
+        assert fetch(spec, tmp_path / "raw", None).read_bytes() == b"0123456789"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["f.bin", live.name, other.name])
+
+
+def test_sigterm_during_a_download_removes_the_partial_file(tmp_path, server):
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from flowvae.data.download import fetch\n"
+        "from flowvae.spec.datasets import RemoteFile\n"
+        "fetch(RemoteFile('d/f.bin', sys.argv[1], 10**12, 'md5:' + '0' * 32), Path(sys.argv[2]))\n"
+    )
+    folder = tmp_path / "raw" / "d"
+    child = subprocess.Popen([sys.executable, "-c", script, f"{server.url}/forever", str(tmp_path / "raw")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            parts = list(folder.glob("*.part")) if folder.exists() else []
+            if parts and parts[0].stat().st_size > 1_000_000:
+                break
+            assert child.poll() is None, child.communicate()
+            time.sleep(0.05)
+        else:
+            pytest.fail("the download never started")
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 128 + signal.SIGTERM, err
+    assert "d/f.bin" in err.decode()
+    assert list(folder.iterdir()) == []
+
+
+def test_disk_full_while_writing_a_download_says_so(tmp_path, monkeypatch):
+    import errno
+
+    mirror = tmp_path / "mirror"
+    (mirror / "d").mkdir(parents=True)
+    (mirror / "d" / "f.bin").write_bytes(b"x" * 3_000_000)
+    spec = remote("d/f.bin", mirror / "d" / "f.bin")
+    real_create = download._create_part
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, block):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    monkeypatch.setattr(download, "_create_part", lambda dest: (lambda t, f: (t, Full(f)))(*real_create(dest)))
+    with pytest.raises(DownloadError) as err:
+        fetch(spec, tmp_path / "raw", mirror)
+    assert f"disk full while writing {tmp_path / 'raw' / 'd' / 'f.bin'}" in str(err.value)
+    assert list((tmp_path / "raw" / "d").iterdir()) == []
+
+
 def make_mnist_mirror(root: Path, n_train: int, n_test: int) -> dict:
     rng = np.random.default_rng(0)
     (root / "mnist").mkdir(parents=True)
@@ -209,7 +386,8 @@ def test_prepare_amat_keeps_order_and_bad_byte_leaves_no_prepared_file(tmp_path)
     files = {}
     for s, arr in arrays.items():
         write_amat(mirror / f"{s}.amat", arr)
-        files[s] = {"path": f"b/{s}.amat", "url": f"http://127.0.0.1:9/{s}", "size": 1, "md5": md5(mirror / f"{s}.amat")}
+        p = mirror / f"{s}.amat"
+        files[s] = {"path": f"b/{s}.amat", "url": f"http://127.0.0.1:9/{s}", "size": p.stat().st_size, "md5": md5(p)}
     entry = {"kind": "amat", "binarize": "fixed", "shape": [1, 28, 28], "splits": {"train": 6, "valid": 2, "test": 3}, "files": files}
     spec = DatasetSpec.from_params("b", entry)
     paths = prepare(spec, tmp_path / "raw", tmp_path / "prep", tmp_path / "mirror")
@@ -226,7 +404,8 @@ def test_prepare_amat_keeps_order_and_bad_byte_leaves_no_prepared_file(tmp_path)
 def test_prepare_cifar_splits(tmp_path):
     (tmp_path / "mirror" / "c").mkdir(parents=True)
     write_cifar(tmp_path / "mirror/c/a.tar.gz", 4, np.random.default_rng(2))
-    files = {"archive": {"path": "c/a.tar.gz", "url": "http://127.0.0.1:9/a", "size": 1, "md5": md5(tmp_path / "mirror/c/a.tar.gz")}}
+    archive = tmp_path / "mirror/c/a.tar.gz"
+    files = {"archive": {"path": "c/a.tar.gz", "url": "http://127.0.0.1:9/a", "size": archive.stat().st_size, "md5": md5(archive)}}
     entry = {"kind": "cifar_python", "shape": [3, 32, 32], "splits": {"train": 15, "valid": 5, "test": 4}, "files": files}
     paths = prepare(DatasetSpec.from_params("c", entry), tmp_path / "raw", tmp_path / "prep", tmp_path / "mirror")
     assert {s: len(load_split(p)[0]) for s, p in paths.items()} == {"train": 15, "valid": 5, "test": 4}

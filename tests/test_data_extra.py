@@ -20,6 +20,7 @@ from flowvae.spec.datasets import DatasetSpec
 from flowvae.data.prepare import load_split, prepare
 from flowvae.data.download import DownloadError
 from flowvae.spec.schema import ParamsError, validate_params
+from flowvae.files.safeload import CorruptFileError
 
 from conftest import DATA_MIRROR, md5
 
@@ -102,6 +103,34 @@ def test_freyfaces_pickle_of_the_wrong_array_is_an_error(tmp_path):
         read_freyfaces_pickle(tmp_path / "d.pkl")
 
 
+TIB2 = 2**41  # elements of 1 byte: a 2 TiB array
+
+
+@pytest.mark.parametrize(
+    "how, body",
+    [
+        # _reconstruct(ndarray, (2**41,), 'b'): the placeholder array numpy builds before __setstate__
+        ("reconstruct", f"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n(I{TIB2}\ntS'b'\ntR"),
+        # _reconstruct(ndarray, (0,), 'b') then __setstate__((1, (2**41,), dtype('u1'), False, <2 bytes>))
+        ("setstate", "cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n(I0\ntS'b'\ntR"
+                     f"(I1\n(I{TIB2}\ntcnumpy\ndtype\n(S'u1'\nI0\nI1\ntR(I3\nS'|'\nNNNI-1\nI-1\nI0\ntbI00\nS'ab'\ntb"),
+        # an object array's state is a list: numpy allocates 2**41 pointers before it reads the list
+        ("setstate-object", "cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n(I0\ntS'b'\ntR"
+                            f"(I1\n(I{TIB2}\ntcnumpy\ndtype\n(S'O8'\nI0\nI1\ntR(I3\nS'|'\nNNNI-1\nI-1\nI63\ntbI00\n(lI1\natb"),
+        # ndarray((2**41,), 'b') called directly
+        ("ndarray", f"cnumpy\nndarray\n((I{TIB2}\ntS'b'\ntR"),
+    ],
+)
+def test_freyfaces_pickle_declaring_a_huge_array_is_refused_before_allocating(tmp_path, how, body):
+    raw = f"(l{body}a.".encode()
+    pickletools.dis(raw, out=open(tmp_path / "dis.txt", "w"))  # well-formed: only the size check stops it
+    (tmp_path / "huge.pkl").write_bytes(raw)
+    with pytest.raises(DataFormatError) as err:
+        read_freyfaces_pickle(tmp_path / "huge.pkl")
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'huge.pkl'}: ") and f"{len(raw)} bytes" in msg, msg
+
+
 def test_freyfaces_split_is_the_sylvester_codes_shuffle(tmp_path, params):
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 256, size=(30, 560), dtype=np.uint8)
@@ -133,6 +162,54 @@ def test_real_freyfaces_prepares_from_the_mirror_as_the_sylvester_code_splits_it
     raw = read_freyfaces_pickle(FREY).reshape(1965, 560)
     expected = sylvester_shuffle(raw, 123)
     np.testing.assert_array_equal(np.concatenate([got[s] for s in ("train", "valid", "test")]).reshape(-1, 560), expected)
+
+
+# ---------------------------------------------------------------- prepared splits read for a run
+
+
+@pytest.mark.parametrize(
+    "dataset, x, holds, expects",
+    [
+        ("binarized_mnist", np.full((5, 1, 28, 20), 200, np.uint8), "1x28x20 images with 8-bit values",
+         "1x28x28 images with values 0/1"),
+        ("binarized_mnist", np.full((5, 1, 28, 28), 200, np.uint8), "1x28x28 images with 8-bit values",
+         "1x28x28 images with values 0/1"),
+        ("mnist_8bit", np.ones((5, 1, 28, 28), np.uint8), "1x28x28 images with values 0/1",
+         "1x28x28 images with 8-bit values"),
+        ("cifar10", np.full((5, 3, 32, 32), 0.5, np.float32), "3x32x32 images with float32 values",
+         "3x32x32 images with 8-bit values"),
+        ("cifar10", np.full((5, 3072), 9, np.uint8), "an array of shape 5x3072 (uint8)", "3x32x32 images with 8-bit values"),
+    ],
+)
+def test_a_prepared_split_of_another_data_set_is_named(tmp_path, params, dataset, x, holds, expects):
+    path = tmp_path / "data/prepared/smoke" / dataset / "train.npz"
+    path.parent.mkdir(parents=True)
+    np.savez(path, x=x)
+    spec = DatasetSpec.from_params(dataset, params["datasets"][dataset])
+    assert load_split(path)[0].shape == x.shape  # without the data set, any array
+    with pytest.raises(CorruptFileError) as err:
+        load_split(path, spec=spec)
+    assert str(err.value).startswith(f"{path} holds {holds}; {dataset} expects {expects}; "), str(err.value)
+    assert "flowvae prepare" in str(err.value)
+
+
+def test_a_prepared_split_of_its_own_data_set_loads(tmp_path, params):
+    path = tmp_path / "train.npz"
+    np.savez(path, x=np.ones((3, 1, 28, 28), np.uint8), y=np.arange(3))
+    x, y = load_split(path, spec=DatasetSpec.from_params("binarized_mnist", params["datasets"]["binarized_mnist"]))
+    assert x.shape == (3, 1, 28, 28) and y.tolist() == [0, 1, 2]
+
+
+def test_a_run_reading_a_replaced_split_names_it(tiny):
+    from flowvae.data.batches import split_images
+
+    spec = tiny("vae")
+    path = spec.prepared_dir / "train.npz"
+    np.savez(path, x=np.full((4, 1, 8, 8), 128, np.uint8))  # 8-bit images where stripes (0/1) belong
+    with pytest.raises(CorruptFileError) as err:
+        split_images(spec, "train")
+    assert str(err.value).startswith(f"{path} holds 1x8x8 images with 8-bit values; stripes expects 1x8x8 images with values 0/1")
+    assert "flowvae prepare --profile test --dataset stripes" in str(err.value)
 
 
 # ---------------------------------------------------------------- Omniglot

@@ -168,3 +168,16 @@ def test_an_identical_params_file_elsewhere_reruns_nothing_and_may_have_spaces(b
         assert "rule table" in out and (project / TARGETS[0]).is_file()
     finally:
         copy.unlink()
+
+
+@pytest.mark.parametrize("engine", ["snakemake", "dvc"])
+def test_the_verify_target_rebuilds_each_row_identically(built, engine):
+    """`verify_table1` (a Snakemake target and a DVC stage) retrains one seed of each row and compares the bytes."""
+    project, env = built[engine]
+    report = project / "reports/smoke/verify_table1.txt"
+    command = ([str(BIN / "snakemake"), "--cores", "1", "--", "reports/smoke/verify_table1.txt"] if engine == "snakemake"
+               else [str(BIN / "dvc"), "repro", "--single-item", "verify_table1"])
+    _run(command, project, env)
+    text = report.read_text()
+    assert f"results/smoke/{RUN1}: identical" in text and text.count("identical") == 4, text
+    report.unlink()

@@ -28,7 +28,7 @@ CONTEXT = {"profile": "quick", "dataset": "binarized_mnist", "epochs": 30, "K": 
 def _eval(model: str, seed: int = 0, dataset: str = "binarized_mnist", **overrides) -> dict:
     """A synthetic eval.json dict following the contract."""
     ev = {
-        "profile": "quick", "dataset": dataset, "model": model, "seed": seed, "commit": "abc1234",
+        "profile": "quick", "dataset": dataset, "model": model, "seed": seed, "commit": "abc1234", "train_commit": "def5678", "code_version": 3,
         "device": "cpu", "n_test": 10000, "K": 128, "epochs": 30, "train_minutes": 12.34,
         "n_params": 1234567, "latent_dim": 32, "neg_elbo": 84.10, "neg_elbo_se": 0.21, "recon": 60.0,
         "kl": 24.1, "neg_log_px": 81.00, "neg_log_px_se": 0.05, "gap": 3.10, "active_units": 20,
@@ -107,7 +107,7 @@ def test_single_seed_rows_published_and_differences(published: pd.DataFrame) -> 
     assert "'published' columns: -ELBO: paper_a; -log p(x): paper_a" in md
     assert "other_c" not in md
     assert "seeds" not in _md_header(md)
-    for fact in ("quick", "binarized_mnist", "30 epochs", "K = 128", "seeds 0", "abc1234", "standard error", "nats"):
+    for fact in ("quick", "binarized_mnist", "30 epochs", "K = 128", "seeds 0", "code_version 3", "standard error", "nats"):
         assert fact in md, fact
     assert md.count("K = ") == 1 and "K=" not in md  # K named once, in the caption
     assert "iaf_d8_w1920" in md  # published but without a row: named in the notes
@@ -209,7 +209,7 @@ def test_latex_booktabs_escaping_caption(published: pd.DataFrame) -> None:
     assert r"iaf\_d2\_w320" in tex and "iaf_d2_w320" not in tex.replace(r"\_", "")
     assert r"$\Delta$ $-\log p(x)$" in tex and r"paper\_a" in tex
     assert r"81.00 $\pm$ 0.05" in tex
-    assert r"\caption[" in tex and r"binarized\_mnist" in tex and "abc1234" in tex
+    assert r"\caption[" in tex and r"binarized\_mnist" in tex and "code\\_version 3" in tex and "abc1234" not in tex
     assert r"\label{tab:table1}" in tex
 
 
@@ -263,3 +263,37 @@ def test_report_does_not_import_torch() -> None:
 
     code = "import sys, flowvae.report.tables, flowvae.report.summary; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_every_row_carries_its_commands_and_code(published: pd.DataFrame) -> None:
+    dirty = _eval("iaf_d2_w320", source_diff_sha256="f" * 64)
+    md, tex = report.build_table("table1", SPEC, [_eval("vae"), dirty, _eval("vae_elbo5")], published,
+                                 {**CONTEXT, "row_budgets": {"vae": ["short"]}})
+    block = md[md.index("<details>"):]
+    assert "`snakemake --cores 2 reports/quick/table1.md`" in block
+    assert "# vae seed 0, under budget short; trained at def5678; evaluated at abc1234" in block
+    for model in ("vae", "iaf_d2_w320", "vae_elbo5"):
+        args = f"--profile quick --dataset binarized_mnist --model {model} --seed 0"
+        assert f"flowvae train {args}\nflowvae evaluate {args}" in block
+    assert "evaluated at abc1234 + uncommitted diff sha256 ffffffffffffffff (eval_source.diff)" in block
+    assert md.startswith("**Table 1") and "Warning: iaf_d2_w320 seed 0 ran from uncommitted code" in md
+    assert "<details>" not in tex
+
+
+def test_units_come_from_the_metrics(published: pd.DataFrame) -> None:
+    spec = {**SPEC, "metrics": ["bits_per_dim_elbo", "bits_per_dim"]}
+    evals = [_eval(m, bits_per_dim={"neg_elbo": 1.5, "neg_log_px": 1.4}) for m in ("vae", "iaf_d2_w320", "vae_elbo5")]
+    md, _ = report.build_table("table1", spec, evals, published, CONTEXT)
+    assert "; bits/dim." in md and "nats" not in md.split("\n\n")[2]
+
+
+def test_the_summary_warns_first_of_tables_from_uncommitted_code(tmp_path: Path, published: pd.DataFrame) -> None:
+    clean, _ = report.build_table("table1", SPEC, [_eval(m) for m in ("vae", "iaf_d2_w320", "vae_elbo5")], published, CONTEXT)
+    dirty, _ = report.build_table("table1", SPEC, [_eval("vae", train_source_diff_sha256="a" * 64), _eval("iaf_d2_w320"),
+                                                   _eval("vae_elbo5")], published, CONTEXT)
+    (tmp_path / "table1.md").write_text(clean)
+    (tmp_path / "table2.md").write_text(dirty)
+    text = summary_page.build_summary([tmp_path / "table1.md", tmp_path / "table2.md"], [], base_dir=tmp_path)
+    assert text.splitlines()[0] == "**Warning: table2 show runs trained or evaluated from uncommitted code (see their captions).**"
+    (tmp_path / "table2.md").write_text(clean)
+    assert summary_page.build_summary([tmp_path / "table2.md"], [], base_dir=tmp_path).startswith("# flowvae results")

@@ -22,7 +22,7 @@ from flowvae.files.errors import CorruptFileError, SettingsChanged, WriteFailed
 from flowvae.pipeline import status
 from flowvae.pipeline.plan import Run
 from flowvae.report.inputs import load_eval, load_train_log
-from flowvae.runs.checkpoint import run_metadata, save_weights, stop_epoch
+from flowvae.runs.checkpoint import save_weights, stop_epoch
 from flowvae.runs.evaluate import evaluate
 from flowvae.runs.train import Trainer
 from flowvae.spec.settings import TrainSettings
@@ -53,7 +53,7 @@ def test_the_params_file_is_no_part_of_any_rules_command_or_params():
     """So that an identical copy elsewhere reruns nothing, and a path with spaces stays one argument."""
     rules = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
     assert "PARAMS_FILE," not in rules and "{params.file}" not in rules
-    assert rules.count('--params \\"$FLOWVAE_PARAMS\\"') == 5
+    assert rules.count('--params \\"$FLOWVAE_PARAMS\\"') == 6
 
 
 # ---------------------------------------------------------------- a budget lowered below what was trained
@@ -90,7 +90,7 @@ def test_evaluate_refuses_weights_from_beyond_the_recorded_epochs(tmp_path):
     run = tmp_path / "run"
     spec = cfg_from(path)
     Trainer(spec, run).run()
-    metadata = {**run_metadata(spec, 1), "best_epoch": 3}
+    metadata = {**json.loads((run / "settings.json").read_text()), "best_epoch": 3}
     from flowvae.files.safeload import load_safetensors
 
     save_weights(load_safetensors(run / "model.safetensors", "weights", "-"), run / "model.safetensors", metadata)
@@ -256,3 +256,26 @@ def test_validate_checks_the_published_sources_from_any_directory(tmp_path):
         result = subprocess.run([str(BIN / "flowvae"), "validate", "--params", str(project / "params.yaml")], cwd=cwd,
                                 capture_output=True, text=True)
         assert result.returncode == 1 and "nosuch2099_source" in result.stderr, (cwd, result.stderr)
+
+
+def test_a_budget_naming_a_stand_in_is_refused():
+    from flowvae.spec.schema import ParamsError, validate_params
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["budgets"]["stand_in"] = {"profiles": ["smoke"], "datasets": ["synthetic_cifar10"], "train": {"epochs": 1}}
+    with pytest.raises(ParamsError, match="budgets.stand_in.datasets.0: 'synthetic_cifar10' is the smoke profile's "
+                                          "stand-in for 'cifar10'.*list 'cifar10'"):
+        validate_params(params)
+
+
+def test_a_missing_split_says_where_relative_paths_are_read_from(tmp_path, monkeypatch, capsys):
+    path = params_file(tmp_path, epochs=1)
+    params = yaml.safe_load(path.read_text())
+    params["data"]["prepared_dir"] = "prepared"  # relative, as in the project's params.yaml
+    path.write_text(yaml.safe_dump(params))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cli.main(["train", "--params", str(path), "--dataset", "stripes", "--model", "vae", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "prepared/test/stripes/train.npz is missing (data.prepared_dir is relative" in err and str(elsewhere) in err

@@ -100,7 +100,8 @@ def dvc_outputs(profile: str, cwd: Path = REPO) -> set[tuple[str, str]]:
 
 @pytest.mark.parametrize("profile", ["smoke", "quick"])
 def test_dvc_stages_and_snakemake_jobs_are_the_same(profile, params):
-    smk = snakemake_outputs(profile, [f"reports/{profile}/{s}.md" for s in plan.summary_names(params)])
+    targets = [f"reports/{profile}/{s}.md" for s in plan.summary_names(params)]
+    smk = snakemake_outputs(profile, targets + [f"reports/{profile}/verify_{t}.txt" for t in plan.table_names(params)])
     dvc = dvc_outputs(profile)
     assert smk == dvc, f"only Snakemake: {sorted(smk - dvc)[:5]}; only DVC: {sorted(dvc - smk)[:5]}"
     assert ("train", f"results/{profile}/binarized_mnist/iaf_d8_w1920/seed0/model.safetensors") in smk

@@ -11,12 +11,15 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 from flowvae.files.errors import EXIT_TIME_BOX, TimeBoxReached
 from flowvae.spec.layout import FIGURE_INPUTS, PUBLISHED_CSV, RunFolder, prepared_dir
 from flowvae.spec.params import load_params, profile_settings, source_dataset
+
+ALLOW_DIRTY_ENV = "FLOWVAE_ALLOW_DIRTY"
 
 
 def _int_at_least(minimum: int, what: str):
@@ -63,6 +66,19 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_int_at_least(1, "a positive number of threads"), default=None,
                    help="CPU threads (Snakemake passes its `threads`; default: torch's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help=f"run although the sources (or the params file) have uncommitted changes; the run folder keeps "
+                        f"the diff and its sha256 is recorded (also ${ALLOW_DIRTY_ENV}=1, for test suites)")
+
+
+def _source(args: argparse.Namespace):
+    """The state of the code a train or evaluate command would record; DirtyCheckout unless dirty code is allowed."""
+    from flowvae.files.provenance import refuse_dirty, source_state
+
+    state = source_state(args.params)
+    if not (args.allow_dirty or os.environ.get(ALLOW_DIRTY_ENV) == "1"):
+        refuse_dirty(state, args.command)
+    return state
 
 
 def _resolve(args: argparse.Namespace):
@@ -118,12 +134,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from flowvae.runs.train import Trainer
 
     params, spec, folder = _resolve(args)
+    source = _source(args)
     resources = spec.resources
     max_minutes = args.max_minutes if args.max_minutes is not None else resources.max_minutes
     with _withdrawn_on_failure(params, spec, folder):
         trainer = Trainer(
             spec, folder.root, threads=args.threads, device=args.device, on_change=args.on_change,
-            max_minutes=max_minutes, compile_step=resources.compile_train,
+            max_minutes=max_minutes, compile_step=resources.compile_train, source=source,
         )
         print(json.dumps(trainer.run()))
 
@@ -132,10 +149,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from flowvae.runs.evaluate import evaluate
 
     params, spec, folder = _resolve(args)
+    source = _source(args)
     with _withdrawn_on_failure(params, spec, folder):
-        metrics = evaluate(spec, folder.root, threads=args.threads, device=args.device)
+        metrics = evaluate(spec, folder.root, threads=args.threads, device=args.device, source=source)
     keys = ("neg_elbo", "neg_log_px", "neg_log_px_se", "gap", "active_units", "K")
     print(json.dumps({k: metrics[k] for k in keys}))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from flowvae.files.atomic import write_text
+    from flowvae.runs.verify import verify
+
+    verdicts = [verify(args.params, run_dir, epochs=args.epochs, threads=args.threads) for run_dir in args.run_dirs]
+    text = "\n".join(v.text() for v in verdicts) + "\n"
+    print(text, end="")
+    if args.out:
+        write_text(args.out, text)
+    return 0 if all(v.identical for v in verdicts) else 1
 
 
 def cmd_describe(args: argparse.Namespace) -> None:
@@ -234,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="importance-sampled evaluation of a trained run into eval.json")
     _run_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("verify", help="retrain a run from its own settings record and compare its files byte for byte")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a finished run's folder, e.g. results/smoke/binarized_mnist/vae/seed0")
+    p.add_argument("--out", default=None, help="also write the verdicts to this file")
+    p.add_argument("--params", default="params.yaml", help="for the evaluation settings and the prepared data (default: params.yaml)")
+    p.add_argument("--epochs", type=_int_at_least(1, "a positive number of epochs"), default=None,
+                   help="check only the first EPOCHS epochs against the recorded train.jsonl")
+    p.add_argument("--threads", type=_int_at_least(1, "a positive number of threads"), default=None)
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("describe", help="print the architecture and parameter counts of a variant")
     p.add_argument("model")

@@ -90,3 +90,18 @@ rule figures:
     shell:
         "flowvae figures --params \"$FLOWVAE_PARAMS\" --profile {wildcards.profile} --notebook {input.notebook}"
         " --summary summary{wildcards.part} --out-dir {output.figures} --executed {output.notebook} > {log} 2>&1"
+
+
+rule verify:
+    """Retrain one seed of each row of a table from its settings record and compare the files byte for byte."""
+    input:
+        models=lambda w: run_outputs(plan.verify_runs(config, w.table), w.profile, rules.train.output.model),
+        evals=lambda w: run_outputs(plan.verify_runs(config, w.table), w.profile, rules.evaluate.output.metrics),
+    output:
+        "reports/{profile}/verify_{table}.txt",
+    params:
+        runs=lambda w: " ".join(r.folder(w.profile) for r in plan.verify_runs(config, w.table)),
+    log:
+        "logs/verify/{profile}/{table}.log",
+    shell:
+        "flowvae verify --params \"$FLOWVAE_PARAMS\" --out {output} {params.runs} > {log} 2>&1"

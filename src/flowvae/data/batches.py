@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,8 +77,9 @@ def split_images(spec: RunSpec, split: str) -> np.ndarray:
     path = spec.prepared_dir / f"{split}.npz"
     command = f"flowvae prepare --profile {spec.profile} --dataset {spec.dataset_name}"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `{command}` first")
-    x, _ = load_split(path, f"delete it and run `{command}` (Snakemake's rule prepare)")
+        where = "" if path.is_absolute() else f" (data.prepared_dir is relative: it is read from the working directory, {Path.cwd()}; run from the project folder)"
+        raise FileNotFoundError(f"{path} is missing{where}: run `{command}` first")
+    x, _ = load_split(path, f"delete it and run `{command}` (Snakemake's rule prepare)", spec.dataset)
     n = spec.subset_size(split)
     return x[:n] if n else x
 

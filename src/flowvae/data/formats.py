@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
+import operator
+import os
 import pickle
 import struct
 import tarfile
@@ -57,12 +60,26 @@ def read_amat(path: Path, width: int = 784) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
+def _declared_bytes(shape, dtype) -> int | None:
+    """The bytes an array of this shape and dtype needs (Python integers: no overflow); None if numpy will refuse them."""
+    try:
+        dims = (shape,) if not isinstance(shape, (tuple, list)) else tuple(shape)
+        return math.prod(operator.index(d) for d in dims) * np.dtype(dtype).itemsize
+    except (TypeError, ValueError):
+        return None
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that rebuilds numpy arrays and builtins but refuses any other global.
 
     A protocol-0 pickle of an array written by Python 2 (Frey faces) names only numpy.core.multiarray's
     _reconstruct, numpy.ndarray and numpy.dtype; its array bytes are a str that encoding='latin1' turns
     back into bytes.
+
+    Every array the pickle builds must fit in the pickle's own bytes (`limit`): its data is stored there.
+    The shape and dtype of `ndarray(...)`, `_reconstruct(...)` and `__setstate__` are checked against it
+    before numpy allocates anything, so a pickle that asks for terabytes fails with DataFormatError naming
+    `name`. Object arrays are refused: data files hold numbers.
     """
 
     _ALLOWED = {
@@ -73,10 +90,67 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),  # protocol-2 pickles store array bytes through it
     }
 
+    def __init__(self, file, *, name: str | Path, limit: int, **kwargs):
+        super().__init__(file, **kwargs)
+        unpickler = self
+
+        def check(shape, dtype) -> None:
+            need = _declared_bytes(shape, dtype)
+            if need is None:
+                return  # not a shape and dtype numpy accepts: it refuses them itself, allocating nothing
+            if need > limit:
+                raise DataFormatError(
+                    f"{name}: the pickle declares an array of shape {shape} and dtype {np.dtype(dtype)} "
+                    f"({need} bytes), more than its own {limit} bytes can hold; refused before allocating"
+                )
+            if np.dtype(dtype).hasobject:
+                raise DataFormatError(f"{name}: the pickle asks for an array of Python objects; data files hold numbers")
+
+        class CheckedArray(np.ndarray):
+            """ndarray whose construction and __setstate__ check the declared size first (made plain after loading)."""
+
+            def __new__(cls, shape, dtype=float, *args, **kw):
+                check(shape, dtype)
+                return np.ndarray.__new__(cls, shape, dtype, *args, **kw)
+
+            def __setstate__(self, state):
+                if isinstance(state, tuple) and len(state) >= 4:
+                    shape, dtype = (state[1], state[2]) if len(state) == 5 else (state[0], state[1])
+                    check(shape, dtype)
+                return np.ndarray.__setstate__(self, state)
+
+        def reconstruct(subtype, shape, dtype):
+            check(shape, dtype)
+            return unpickler._reconstruct(subtype, shape, dtype)
+
+        self._array_class, self._checked_reconstruct = CheckedArray, reconstruct
+
     def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        found = super().find_class(module, name)
+        if name == "ndarray":
+            return self._array_class
+        if name == "_reconstruct":
+            self._reconstruct = found
+            return self._checked_reconstruct
+        return found
+
+    def load(self):
+        return _plain_arrays(super().load())
+
+
+def _plain_arrays(obj):
+    """obj with the unpickler's checked arrays turned into plain ndarrays (in lists, tuples and dict values)."""
+    if isinstance(obj, np.ndarray):
+        return obj.view(np.ndarray)
+    if isinstance(obj, list):
+        return [_plain_arrays(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_plain_arrays(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _plain_arrays(v) for k, v in obj.items()}
+    return obj
 
 
 def read_cifar_tar(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -88,7 +162,9 @@ def read_cifar_tar(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             base = Path(member.name).name
             if base in members and member.isfile():
                 raw = tar.extractfile(member).read()
-                batches[base] = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+                batches[base] = _NumpyOnlyUnpickler(
+                    io.BytesIO(raw), name=f"{path}:{member.name}", limit=len(raw), encoding="bytes"
+                ).load()
     missing = sorted(members - batches.keys())
     if missing:
         raise DataFormatError(f"{path}: missing CIFAR-10 batches {missing}")
@@ -114,7 +190,9 @@ def read_freyfaces_pickle(path: Path) -> np.ndarray:
     """
     with open(path, "rb") as f:
         try:
-            obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+            obj = _NumpyOnlyUnpickler(f, name=path, limit=os.fstat(f.fileno()).st_size, encoding="latin1").load()
+        except DataFormatError:
+            raise
         except pickle.UnpicklingError as exc:
             raise DataFormatError(f"{path}: {exc}") from None
         except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:

@@ -23,7 +23,7 @@ from flowvae.data.formats import (
     synthetic_images,
 )
 from flowvae.files.atomic import write_npz
-from flowvae.files.safeload import load_npz
+from flowvae.files.safeload import CorruptFileError, load_npz
 from flowvae.spec.datasets import SPLITS, DatasetSpec, RemoteFile
 
 
@@ -152,7 +152,35 @@ def prepare(
     return paths
 
 
-def load_split(path: str | Path, rebuild: str = "delete it and rerun `flowvae prepare` (Snakemake's rule prepare)") -> tuple[np.ndarray, np.ndarray | None]:
-    """Read a prepared split: (x uint8 N x C x H x W, labels or None); CorruptFileError names a bad file."""
+def check_split(x: np.ndarray, spec: DatasetSpec, path: str | Path, rebuild: str) -> None:
+    """CorruptFileError unless x holds spec's images: uint8 N x C x H x W, values 0/1 for a data set binarized
+    once (binarize: fixed), 8-bit values otherwise."""
+    binary = spec.binarize == "fixed"
+    images = lambda shape: "x".join(str(d) for d in shape)  # noqa: E731
+    if x.ndim == 4 and tuple(x.shape[1:]) == tuple(spec.shape) and x.dtype == np.uint8:
+        if x.size == 0 or (x.max() <= 1) == binary:
+            return
+    if x.ndim != 4:
+        holds = f"an array of shape {images(x.shape)} ({x.dtype})"
+    elif x.dtype != np.uint8:
+        holds = f"{images(x.shape[1:])} images with {x.dtype} values"
+    else:
+        holds = f"{images(x.shape[1:])} images with {'values 0/1' if x.size and x.max() <= 1 else '8-bit values'}"
+    expected = f"{images(spec.shape)} images with {'values 0/1' if binary else '8-bit values'}"
+    raise CorruptFileError(f"{path} holds {holds}; {spec.name} expects {expected}; {rebuild}")
+
+
+def load_split(
+    path: str | Path,
+    rebuild: str = "delete it and rerun `flowvae prepare` (Snakemake's rule prepare)",
+    spec: DatasetSpec | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a prepared split: (x uint8 N x C x H x W, labels or None); CorruptFileError names a bad file.
+
+    With the data set's spec, the images must have its shape and value range (0/1 or 8-bit), so that the
+    split of another data set copied in its place is named here rather than failing later in training.
+    """
     arrays = load_npz(path, ("x",), "a prepared split", rebuild)
+    if spec is not None:
+        check_split(arrays["x"], spec, path, rebuild)
     return arrays["x"], arrays.get("y")

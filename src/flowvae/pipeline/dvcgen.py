@@ -112,6 +112,13 @@ def dvc_stages(params: dict) -> dict:
             "params": plan.table_param_keys(table),
             "outs": _no_cache([f"{REPORTS}/{table}.md", f"{REPORTS}/{table}.tex"]),
         }
+        runs = plan.verify_runs(params, table)
+        stages[f"verify_{table}"] = {
+            "cmd": f"flowvae verify --params params.yaml --out {REPORTS}/verify_{table}.txt "
+                   + " ".join(r.folder(PROFILE) for r in runs),
+            "deps": [r.path(PROFILE, name) for r in runs for name in (MODEL_FILE, EVAL_FILE)],
+            "outs": _no_cache([f"{REPORTS}/verify_{table}.txt"]),
+        }
     for summary in plan.summary_names(params):
         figures = f"{REPORTS}/{plan.figures_name(summary)}"
         run_files = [r.path(PROFILE, name) for r in plan.summary_runs(params, summary)

@@ -36,6 +36,10 @@ class Run:
     def key(self) -> str:
         return f"{self.dataset}-{self.model}-seed{self.seed}"
 
+    def folder(self, profile: str) -> str:
+        """This run's folder, e.g. results/quick/binarized_mnist/vae/seed0."""
+        return str(run_dir(profile, self.dataset, self.model, self.seed))
+
     def path(self, profile: str, name: str) -> str:
         """A file of this run, e.g. path('quick', 'eval.json')."""
         return str(run_dir(profile, self.dataset, self.model, self.seed) / name)
@@ -64,6 +68,12 @@ def table_runs(params: dict, table: str) -> list[Run]:
     """The runs one table reads: each row times its seeds."""
     spec = params["tables"][table]
     return [Run(spec["dataset"], row["model"], seed) for row in spec["rows"] for seed in row_seeds(params, row)]
+
+
+def verify_runs(params: dict, table: str) -> list[Run]:
+    """The runs `verify_<table>` rebuilds: the first seed of each row."""
+    spec = params["tables"][table]
+    return [Run(spec["dataset"], row["model"], row_seeds(params, row)[0]) for row in spec["rows"]]
 
 
 def figure_runs(params: dict) -> list[Run]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from flowvae.report.commands import dirty_rows
 from flowvae.report.format import describe, num
 from flowvae.spec.metrics import BY_PUBLISHED
 
@@ -31,8 +32,10 @@ def caption(t: TableRuns, shown: dict[str, str]) -> tuple[str, str]:
     sources_used = sorted({str(ev["data_source"]) for ev in chosen if ev.get("data_source", dataset) != dataset})
     if sources_used:
         dataset = f"{dataset} (stand-in: {', '.join(sources_used)}; numbers not comparable to the published ones)"
-    units = "bits/dim" if spec.get("units") == "bits_per_dim" else "nats"
-    parts = [f"Profile {first('profile')}, data set {dataset}, seeds {seeds}, commit {first('commit')}; {units}."]
+    parts = [f"Profile {first('profile')}, data set {dataset}, seeds {seeds}, code_version {first('code_version')}; {_units(t)}."]
+    dirty = dirty_rows(chosen)
+    if dirty:
+        parts.insert(0, f"Warning: {', '.join(dirty)} ran from uncommitted code (its diff is in the run folder).")
     budget = context.get("budget")
     if budget:
         parts.append(f"Trained under {budget}, {first('epochs')} epochs run.")
@@ -47,6 +50,20 @@ def caption(t: TableRuns, shown: dict[str, str]) -> tuple[str, str]:
         parts.append("± is the standard error over test points (one seed per model).")
     parts += _published_text(t, shown)
     return title, " ".join(parts)
+
+
+NATS_METRICS = {"neg_elbo", "neg_log_px", "recon", "kl", "gap"}
+
+
+def _units(t: TableRuns) -> str:
+    """The units of the table's numbers, from its metrics."""
+    keys = {m.key for m in t.metrics}
+    nats, bits = keys & NATS_METRICS, {k for k in keys if "bits_per_dim" in k}
+    if bits and not nats:
+        return "bits/dim"
+    if bits:
+        return "nats, bits/dim where a column says so"
+    return "nats"
 
 
 def _estimator_text(t: TableRuns) -> list[str]:

@@ -12,6 +12,7 @@ from flowvae.files.atomic import write_text
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 TABLE_SUFFIXES = (".md", ".tex")
+DIRTY_MARK = "ran from uncommitted code"  # what a table's caption says of such runs (captions.py)
 
 
 def _natural(path: str | os.PathLike[str]) -> list[Any]:
@@ -36,7 +37,10 @@ def build_summary(
     for f in map(Path, figure_files):
         figures.setdefault(str(f.with_suffix("")), {})[f.suffix] = f
 
-    lines = ["# flowvae results", ""]
+    dirty = [Path(stem).name for stem, files in sorted(tables.items(), key=lambda kv: _natural(kv[0]))
+             if ".md" in files and files[".md"].is_file() and DIRTY_MARK in files[".md"].read_text(encoding="utf-8")]
+    warning = [f"**Warning: {', '.join(dirty)} show runs trained or evaluated from uncommitted code (see their captions).**", ""]
+    lines = [*(warning if dirty else []), "# flowvae results", ""]
     if tables:
         lines += ["## Tables", ""]
     for stem in sorted(tables, key=_natural):

@@ -16,6 +16,7 @@ import pandas as pd
 
 from flowvae.files.atomic import write_text
 from flowvae.report.captions import caption
+from flowvae.report.commands import commands_block
 from flowvae.report.format import MISSING_MD, MISSING_TEX, latex_escape, md_escape, num, pm
 from flowvae.report.inputs import PUBLISHED_COLUMNS
 from flowvae.spec.metrics import Metric, metric
@@ -222,12 +223,14 @@ def build_table(
             cells += [Cell(num(value, m.digits), num(value, m.digits)), Cell(delta, delta)]
 
     title, text = caption(t, shown)
+    commands = commands_block(name, t.context.get("profile") or (t.chosen[0].get("profile") if t.chosen else None),
+                              t.chosen, t.context.get("row_budgets") or {})
     md_frame = pd.DataFrame([[md_escape(c.md) for c in cells] for cells in body], columns=[md_escape(c[0]) for c in columns])
     tex_frame = pd.DataFrame([[c.tex for c in cells] for cells in body], columns=[c[1] for c in columns])
     markdown = (
         f"**{title}**\n\n"
         + md_frame.to_markdown(index=False, disable_numparse=True, colalign=["left"] + ["right"] * (len(columns) - 1))
-        + "\n\n" + text + "\n"
+        + "\n\n" + text + "\n\n" + commands
     )
     tex_title = str(spec.get("title") or title)  # LaTeX numbers the table itself
     latex = tex_frame.to_latex(
@@ -276,6 +279,7 @@ def budget_text(params: Mapping[str, Any], profile: str, runs: Iterable[Any]) ->
 def table_context(params: Mapping[str, Any], profile: str | None, dataset: str | None, table: str | None = None) -> dict[str, Any]:
     """Fallback caption facts from params.yaml (eval.json values take precedence), and the table's budgets."""
     from flowvae.pipeline import plan
+    from flowvae.spec.params import matching_budgets
     from flowvae.spec.settings import EvalSettings, TrainSettings
 
     profile = profile or params["profile"]
@@ -286,6 +290,8 @@ def table_context(params: Mapping[str, Any], profile: str | None, dataset: str |
         "epochs": TrainSettings.from_params(block["train"]).epochs,
         "K": EvalSettings.from_params(block["eval"]).K_for(dataset),
         "seeds": list(params["seeds"]),
-        "commit": None,
+        "code_version": params.get("code_version"),
         "budget": budget_text(params, profile, plan.table_runs(params, table)) if table else None,
+        "row_budgets": {r.model: matching_budgets(params, r.dataset, r.model, profile) for r in plan.table_runs(params, table)}
+        if table else {},
     }

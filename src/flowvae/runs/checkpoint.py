@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 
 from flowvae.files.atomic import atomic_path
 from flowvae.files.errors import SettingsChanged
-from flowvae.files.provenance import code_commit
+from flowvae.files import provenance
+from flowvae.files.provenance import SourceState
 from flowvae.files.safeload import METADATA_KEY, CorruptFileError, load_safetensors, load_state
 from flowvae.spec.layout import RunFolder
 from flowvae.spec.run import RunSpec
@@ -55,9 +56,10 @@ def new_epoch_sums() -> dict:
     return {"loss": 0.0, "neg_elbo": 0.0, "recon": 0.0, "kl": 0.0, "n": 0}
 
 
-def run_metadata(spec: RunSpec, best_epoch: int) -> dict:
-    """What a finished run records about itself (settings.json and the model's metadata)."""
-    return {"settings": spec.record(), "commit": code_commit(), "best_epoch": int(best_epoch)}
+def run_metadata(spec: RunSpec, best_epoch: int, source: SourceState) -> dict:
+    """What a finished run records about itself (settings.json and the model's metadata): its settings record,
+    the best epoch, and the code that trained it (full commit, the hash of its uncommitted diff, versions)."""
+    return {"settings": spec.record(), "best_epoch": int(best_epoch), **provenance.record(source)}
 
 
 def save_weights(state: dict[str, torch.Tensor], dest: Path, metadata: dict | None = None) -> None:

@@ -1,7 +1,12 @@
 """Evaluation on the test split: importance-sampled log p(x), ELBO terms and diagnostics.
 
 eval.json (all values in nats per image unless said otherwise):
-  profile, dataset, model, seed, commit, device   what was evaluated, by which code (of the evaluation), where
+  profile, dataset, model, seed, device           what was evaluated, where
+  code_version                                    params.yaml's code_version the run was trained under
+  commit, source_diff_sha256, versions            the code that evaluated it: full commit, the sha256 of its uncommitted
+                                                  diff (null for committed code; the diff is eval_source.diff beside it),
+                                                  python, torch and numpy versions
+  train_commit, train_source_diff_sha256          the same of the code that trained it (from the model's record)
   data_source                                     the data set actually used (differs from dataset only for a profile's stand-in)
   n_test, K                                       test images, importance samples per image
   estimator                                       "importance sampling", or "exact" for a flow used as a density model
@@ -32,9 +37,10 @@ import numpy as np
 import torch
 
 from flowvae.data.batches import Batches, batches_for
-from flowvae.files.atomic import write_json, write_npz
+from flowvae.files.atomic import write_json, write_npz, write_text
 from flowvae.files.errors import SettingsChanged
-from flowvae.files.provenance import code_commit
+from flowvae.files import provenance
+from flowvae.files.provenance import SourceState, source_state
 from flowvae.files.errors import CorruptFileError
 from flowvae.files.jsonfiles import read_json_lines, read_json_object
 from flowvae.files.safeload import read_metadata
@@ -208,7 +214,7 @@ def figure_arrays(model, x: torch.Tensor, seed: int, n_prior: int = 64, n_interp
     return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
 
 
-def check_recorded(spec: RunSpec, folder: RunFolder) -> None:
+def check_recorded(spec: RunSpec, folder: RunFolder) -> dict:
     """Refuse a run whose files disagree with each other or with params.yaml.
 
     SettingsChanged when the model was trained with other settings than params.yaml gives it now, or
@@ -236,17 +242,25 @@ def check_recorded(spec: RunSpec, folder: RunFolder) -> None:
             f"{folder.settings} does not hold the settings record that {folder.model} carries "
             f"({describe_diff(diff_settings(recorded, written))}); {remake}"
         )
+    return recorded
 
 
-def evaluate(spec: RunSpec, run_dir: str | Path, threads: int | None = None, device: str | None = None, max_batch: int | None = None) -> dict:
-    """Evaluate a trained run on the test split; write eval.json, eval_timings.json and samples.npz; return the metrics."""
+def evaluate(
+    spec: RunSpec, run_dir: str | Path, threads: int | None = None, device: str | None = None,
+    max_batch: int | None = None, source: SourceState | None = None,
+) -> dict:
+    """Evaluate a trained run on the test split; write eval.json, eval_timings.json and samples.npz; return the metrics.
+
+    `source`: the state of the evaluating code (default: read from git; the CLI refuses a dirty one first).
+    """
     folder = RunFolder(Path(run_dir))
+    source = source if source is not None else source_state()
     if threads is not None:
         torch.set_num_threads(threads)
     dev = pick_device(device)
     if not folder.model.exists():
         raise FileNotFoundError(f"{folder.model} is missing: train the run first (`flowvae train ...`)")
-    check_recorded(spec, folder)
+    recorded = check_recorded(spec, folder)
     model: LatentVariableModel = build_model(spec).to(dev)
     load_weights(model, folder.model)
     n_params = count_parameters(model)
@@ -270,7 +284,10 @@ def evaluate(spec: RunSpec, run_dir: str | Path, threads: int | None = None, dev
         "data_source": spec.dataset.name,
         "model": spec.variant.name,
         "seed": spec.seed,
-        "commit": code_commit(),
+        "code_version": spec.code_version,
+        **provenance.record(source),
+        "train_commit": recorded.get("commit"),
+        "train_source_diff_sha256": recorded.get("source_diff_sha256"),
         "device": dev.type,
         "n_test": int(neg_log_px.numel()),
         "K": K,
@@ -297,6 +314,10 @@ def evaluate(spec: RunSpec, run_dir: str | Path, threads: int | None = None, dev
     spread = np.linspace(0, test.n_images - 1, min(16, test.n_images)).astype(int)  # test rows may be sorted by digit
     shown = Batches(test.x[spread].cpu().numpy(), len(spread), test.binarize, shuffle=False, seed=spec.seed, device=dev)
     arrays = figure_arrays(model, next(shown.epoch(0)), spec.seed)
+    if source.dirty:
+        write_text(folder.eval_source_diff, source.diff)
+    else:
+        folder.eval_source_diff.unlink(missing_ok=True)
     write_npz(folder.samples, arrays, compress=True)
     write_json(folder.eval_timings, {"eval_seconds": seconds, "is_samples_per_s": neg_log_px.numel() * K / seconds})
     write_json(folder.eval, metrics)

@@ -4,7 +4,9 @@ The finished run's folder (spec/layout.py) holds:
 
 - model.safetensors    the kept weights (best validation, or their EMA), with the settings record
                        as metadata (key `flowvae`: JSON with sorted keys);
-- settings.json        the same record, readable: {"settings": RunSpec.record(), "commit", "best_epoch"};
+- settings.json        the same record, readable: {"settings": RunSpec.record(), "best_epoch", "commit" (full SHA),
+                       "source_diff_sha256" (null for committed code), "versions"};
+- source.diff          only when trained with --allow-dirty: the uncommitted changes, whose sha256 is recorded;
 - train.jsonl          one line per epoch, no wall-clock fields (the same bytes for the same run);
 - train_curves.csv     its -ELBO, reconstruction and KL columns as CSV, for `dvc plots show` (DVC reads no JSON lines);
 - train_timings.json   seconds and images/s per epoch, and train_minutes.
@@ -28,6 +30,7 @@ from tqdm import tqdm
 from flowvae.data.batches import Batches, batches_for
 from flowvae.files.atomic import write_json, write_text
 from flowvae.files.errors import NonFiniteLoss, TimeBoxReached
+from flowvae.files.provenance import SourceState, source_state
 from flowvae.files.safeload import load_safetensors
 from flowvae.models.build import build_model
 from flowvae.models.contract import LatentVariableModel
@@ -125,11 +128,13 @@ class Trainer:
         on_change: str = "refuse",
         max_minutes: float | None = None,
         compile_step: bool = False,
+        source: SourceState | None = None,
     ) -> None:
         if on_change not in ("refuse", "restart"):
             raise ValueError(f"on_change must be refuse or restart, not {on_change!r}")
         self.spec = spec
         self.record = spec.record()
+        self.source = source if source is not None else source_state()  # the CLI refuses a dirty one first
         self.folder = RunFolder(Path(out_dir))
         self.out = self.folder.root
         self.train_settings = spec.train
@@ -365,7 +370,11 @@ class Trainer:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
         best = load_safetensors(self.folder.best, "the best weights of this run", rebuild_hint(self.folder))
-        metadata = run_metadata(self.spec, self.state.best_epoch)
+        metadata = run_metadata(self.spec, self.state.best_epoch, self.source)
+        if self.source.dirty:
+            write_text(self.folder.source_diff, self.source.diff)
+        else:
+            self.folder.source_diff.unlink(missing_ok=True)
         save_weights(best, self.folder.model, metadata=metadata)
         write_json(self.folder.settings, metadata)
         self.write_history()

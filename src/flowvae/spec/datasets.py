@@ -7,10 +7,22 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 SPLITS = ("train", "valid", "test")
 KINDS = ("amat", "idx", "cifar_python", "synthetic", "freyfaces_pickle", "omniglot_mat", "caltech_mat")
 SEEDED_KINDS = ("freyfaces_pickle", "omniglot_mat")  # kinds whose split is a seeded shuffle: split_seed required
+
+
+def relative_file_path(path: str) -> str:
+    """path, if it stays inside the folder it is joined to (the mirror, data.raw_dir); else ValueError naming it."""
+    parts = PurePosixPath(path).parts if isinstance(path, str) else ()
+    if not parts or path.startswith("/") or any(p in (".", "..") for p in path.split("/")):
+        raise ValueError(
+            f"data file {path!r}: must be a relative path inside the mirror and data.raw_dir: "
+            f"no leading '/', no '.' or '..' part"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -29,7 +41,7 @@ class RemoteFile:
         if len(algorithms) != 1:
             raise ValueError(f"data file {entry.get('path')!r}: give exactly one of sha256 or md5")
         algo = algorithms[0]
-        return cls(entry["path"], entry["url"], int(entry["size"]), f"{algo}:{entry[algo]}")
+        return cls(relative_file_path(entry["path"]), entry["url"], int(entry["size"]), f"{algo}:{entry[algo]}")
 
     @property
     def algorithm(self) -> str:
@@ -58,7 +70,7 @@ class UnverifiedFile:
         if len(algorithms) > 1:
             raise ValueError(f"data file {entry.get('path')!r}: give at most one of sha256 or md5")
         checksum = f"{algorithms[0]}:{entry[algorithms[0]]}" if algorithms else None
-        return cls(entry["path"], entry["url"], checksum)
+        return cls(relative_file_path(entry["path"]), entry["url"], checksum)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ TIMINGS_FILE = "train_timings.json"  # seconds per epoch, train_minutes
 EVAL_FILE = "eval.json"
 EVAL_TIMINGS_FILE = "eval_timings.json"
 SAMPLES_FILE = "samples.npz"  # images and latent grids for the figures
+SOURCE_DIFF_FILE = "source.diff"  # uncommitted changes of the code that trained the run (--allow-dirty only)
+EVAL_SOURCE_DIFF_FILE = "eval_source.diff"  # the same for the code that evaluated it
 CHECKPOINT_DIR = "checkpoint"
 REPLACED_DIR = "checkpoint.replaced"
 STATE_FILE = f"{CHECKPOINT_DIR}/state.pt"
@@ -85,6 +87,14 @@ class RunFolder:
         return self.root / SAMPLES_FILE
 
     @property
+    def source_diff(self) -> Path:
+        return self.root / SOURCE_DIFF_FILE
+
+    @property
+    def eval_source_diff(self) -> Path:
+        return self.root / EVAL_SOURCE_DIFF_FILE
+
+    @property
     def checkpoint(self) -> Path:
         return self.root / CHECKPOINT_DIR
 
@@ -103,6 +113,11 @@ class RunFolder:
     @property
     def replaced(self) -> Path:
         return self.root / REPLACED_DIR
+
+
+def verify_report(profile: str, table: str) -> str:
+    """reports/{profile}/verify_{table}.txt: what `flowvae verify` found for one seed of each row of a table."""
+    return f"{REPORTS_ROOT}/{profile}/verify_{table}.txt"
 
 
 def report_files(profile: str, name: str, root: str | Path = ".") -> list[Path]:

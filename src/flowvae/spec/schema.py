@@ -56,6 +56,11 @@ def validate_params(
         if e.validator == "additionalProperties":
             unknown = sorted(set(e.instance) - set(e.schema.get("properties", {})))
             fail(_path(where + unknown[:1]), "unknown key")
+        said = e.schema.get("x-message") if e.validator == "pattern" else None  # the schema's words for its pattern
+        if "propertyNames" in e.schema_path:  # a key of `where` is not an allowed name
+            fail(_path(where), f"name {e.instance!r} {said or 'does not match ' + repr(e.validator_value)}")
+        if said:
+            fail(_path(where), f"{e.instance!r} {said}")
         fail(_path(where), e.message)
     profiles = params["profiles"]
     if params["profile"] not in profiles:
@@ -76,6 +81,12 @@ def validate_params(
         for i, dataset in enumerate(budget["datasets"]):
             if dataset not in datasets:
                 fail(f"budgets.{name}.datasets.{i}", f"unknown data set {dataset!r}; known: {sorted(datasets)}")
+            stands_for = {real: p for p in budget["profiles"] if p in profiles
+                          for real, stand_in in (profiles[p].get("substitute") or {}).items() if stand_in == dataset}
+            if stands_for:
+                real, profile = next(iter(stands_for.items()))
+                fail(f"budgets.{name}.datasets.{i}", f"{dataset!r} is the {profile} profile's stand-in for {real!r}, and runs "
+                     f"are named by the data set they stand in for, so this budget would never apply: list {real!r}")
         planned = _planned_models(params, budget["datasets"])
         for i, pattern in enumerate(budget.get("models") or []):
             if not any(fnmatch.fnmatchcase(model, pattern) for model in planned):
