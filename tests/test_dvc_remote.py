@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-RUNS = ["results/smoke/binarized_mnist/vae/seed0", "results/smoke/binarized_mnist/iaf_d2_w320/seed0"]
+RUNS = ["results/smoke/mnist_dynamic/vae/seed0", "results/smoke/mnist_dynamic/iaf_d2_w320/seed0"]
 TABLE = "reports/smoke/table1.md"
 
 
@@ -67,7 +67,7 @@ def test_plots_show_renders_the_training_curves(built):
     # DVC names each line by the shortest distinct end of its file's path, and the column it draws.
     name = {run: f"{run.split('/', 3)[3]}/train_curves.csv" for run in RUNS}  # e.g. vae/seed0/train_curves.csv
     lines = [f"{name[run]}::{field}" for run in RUNS for field in ("train_neg_elbo", "val_neg_elbo")]
-    for needed in ("table1: Binarized MNIST", '"field": "epoch"', *lines):
+    for needed in ("table1: Dynamically binarized MNIST", '"field": "epoch"', *lines):
         assert needed in html, needed
     # One point per epoch, run and curve, with the values of the run's own log.
     spec = json.loads(dvc("plots", "show", "training_curves_table1", "--json", cwd=project, env=env).stdout)

@@ -36,7 +36,7 @@ def test_dvc_smoke_profile_end_to_end(tmp_path):
     table1 = (project / "reports/smoke/table1.md").read_text()
     assert "| vae" in table1 and "84.08" in table1  # ours beside Kingma et al.'s
     assert "synthetic_cifar10" in (project / "reports/smoke/table3.md").read_text()
-    evaluation = json.loads((project / "results/smoke/binarized_mnist/vae/seed0/eval.json").read_text())
+    evaluation = json.loads((project / "results/smoke/mnist_dynamic/vae/seed0/eval.json").read_text())
     assert evaluation["n_test"] == 128 and evaluation["K"] == 8
     figures = sorted(p.name for p in (project / "reports/smoke/figures").iterdir())
     assert any(name.startswith("training_curves") and name.endswith(".png") for name in figures)

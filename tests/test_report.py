@@ -38,19 +38,21 @@ def _eval(model: str, seed: int = 0, dataset: str = "binarized_mnist", **overrid
     ev.update(overrides)
     return ev
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture
 def published(tmp_path: Path) -> pd.DataFrame:
     rows = [
-        ("paper_a", 1, "binarized_mnist", "vae", "neg_elbo", 84.08, "x"),
-        ("paper_a", 1, "binarized_mnist", "vae", "neg_log_px", 81.08, ""),
-        ("paper_a", 1, "binarized_mnist", "iaf_d2_w320", "neg_log_px", 79.77, ""),
-        ("replication_b", 1, "binarized_mnist", "vae", "neg_log_px", 83.22, ""),
-        ("replication_b", 1, "binarized_mnist", "vae_k5", "neg_log_px", 82.50, ""),
-        ("paper_a", 1, "binarized_mnist", "iaf_d8_w1920", "neg_log_px", 79.10, "not reproduced here"),
-        ("other_c", 1, "binarized_mnist", "vae", "neg_log_px", 1.0, "source not in the spec"),
-        ("paper_a", 2, "binarized_mnist", "vae", "neg_log_px", 2.0, "another table"),
-        ("paper_d", None, "cifar10", "realnvp_density", "bits_per_dim", 3.49, "no table"),
+        ("paper_a", 1, "binarized_mnist", "vae", "neg_elbo", 84.08, "x", "primary", "Table 1"),
+        ("paper_a", 1, "binarized_mnist", "vae", "neg_log_px", 81.08, "", "primary", "Table 1"),
+        ("paper_a", 1, "binarized_mnist", "iaf_d2_w320", "neg_log_px", 79.77, "", "primary", "Table 1"),
+        ("replication_b", 1, "binarized_mnist", "vae", "neg_log_px", 83.22, "", "primary", "Table 1"),
+        ("replication_b", 1, "binarized_mnist", "vae_k5", "neg_log_px", 82.50, "", "primary", "Table 1"),
+        ("paper_a", 1, "binarized_mnist", "iaf_d8_w1920", "neg_log_px", 79.10, "not reproduced here", "primary", "Table 1"),
+        ("other_c", 1, "binarized_mnist", "vae", "neg_log_px", 1.0, "source not in the spec", "primary", "Table 1"),
+        ("paper_a", 2, "binarized_mnist", "vae", "neg_log_px", 2.0, "another table", "primary", "Table 1"),
+        ("paper_d", None, "cifar10", "realnvp_density", "bits_per_dim", 3.49, "no table", "primary", "Table 1"),
     ]
     path = tmp_path / "paper_results.csv"
     pd.DataFrame(rows, columns=list(inputs.PUBLISHED_COLUMNS)).to_csv(path, index=False)
@@ -167,8 +169,8 @@ def test_errors_for_duplicates_profiles_and_metrics(published: pd.DataFrame) -> 
 
 def test_bits_per_dim_table_uses_bits_fields(tmp_path: Path) -> None:
     csv = tmp_path / "p.csv"
-    csv.write_text("source,table,dataset,model,metric,value,note\n"
-                   "rep,3,cifar10,vae,bits_per_dim_elbo,6.460,\nrep,3,cifar10,vae,bits_per_dim,6.431,\n")
+    csv.write_text("source,table,dataset,model,metric,value,note,status,where\n"
+                   "rep,3,cifar10,vae,bits_per_dim_elbo,6.460,,primary,Table 3\nrep,3,cifar10,vae,bits_per_dim,6.431,,primary,Table 3\n")
     spec = {"title": "CIFAR-10", "dataset": "cifar10", "rows": ["vae"], "metrics": ["neg_elbo", "neg_log_px"],
             "units": "bits_per_dim", "published": {"tables": [3], "sources": ["rep"]}}
     ev = _eval("vae", dataset="cifar10", neg_log_px=4500.0, neg_log_px_se=3.0,
@@ -182,8 +184,8 @@ def test_bits_per_dim_table_uses_bits_fields(tmp_path: Path) -> None:
 
 def test_reconstruction_metric_maps_to_published_neg_log_px_given_z(tmp_path: Path) -> None:
     csv = tmp_path / "p.csv"
-    csv.write_text("source,table,dataset,model,metric,value,note\n"
-                   "rnvp,5,binarized_mnist,nf4,neg_log_px_given_z,65.5,\n")
+    csv.write_text("source,table,dataset,model,metric,value,note,status,where\n"
+                   "rnvp,5,binarized_mnist,nf4,neg_log_px_given_z,65.5,,primary,Table 3\n")
     spec = {"dataset": "binarized_mnist", "rows": ["nf4"], "metrics": ["recon"], "published": {"tables": [5]}}
     md, tex = report.build_table("table5", spec, [_eval("nf4", recon=60.25)], inputs.load_published(csv), {})
     assert _md_header(md)[1:] == [r"-log p(x\|z)", "published", r"Δ -log p(x\|z)"]
@@ -191,15 +193,47 @@ def test_reconstruction_metric_maps_to_published_neg_log_px_given_z(tmp_path: Pa
     assert r"$\Delta$ $-\log p(x|z)$" in tex and "rnvp" in tex
 
 
-def test_unverified_published_numbers_are_flagged_in_the_caption(tmp_path: Path) -> None:
+def test_second_hand_published_numbers_carry_a_dagger_and_a_legend(tmp_path: Path) -> None:
     csv = tmp_path / "p.csv"
-    csv.write_text("source,table,dataset,model,metric,value,note\n"
-                   'recalled,9,binarized_mnist,vae,neg_log_px,82.1,"Table 1; UNVERIFIED: the paper could not be read"\n'
-                   "checked,9,binarized_mnist,vae,neg_elbo,86.5,Table 1\n")
-    spec = {"dataset": "binarized_mnist", "rows": ["vae"], "metrics": ["neg_elbo", "neg_log_px"], "published": {"tables": [9]}}
-    md, _ = report.build_table("table9", spec, [_eval("vae")], inputs.load_published(csv), {})
-    assert "UNVERIFIED published numbers (recalled): the paper could not be read." in md
-    assert "(checked)" not in md.split("UNVERIFIED", 1)[1]
+    csv.write_text("source,table,dataset,model,metric,value,note,status,where\n"
+                   "recalled,9,binarized_mnist,vae,neg_log_px,82.1,,unverified,searched the paper's copies\n"
+                   "checked,9,binarized_mnist,vae,neg_elbo,86.5,,primary,Table 1\n"
+                   "quoted,9,binarized_mnist,vae,neg_elbo,86.6,,secondary,FFJORD Table 3\n"
+                   "other,9,mnist_dynamic,vae,neg_elbo,80.0,,primary,Table 1\n")
+    spec = {"dataset": "binarized_mnist", "rows": ["vae"], "metrics": ["neg_elbo", "neg_log_px"],
+            "published": {"tables": [9], "sources": ["checked", "recalled", "quoted", "other"]}}
+    sources = {"checked": {"source": "checked", "citation": "Checked et al. 2020", "data": "fixed MNIST", "network": "MLP",
+                           "training": "100 epochs"}}
+    md, tex = report.build_table("table9", spec, [_eval("vae")], inputs.load_published(csv),
+                                 {"sources": sources, "setup": "binarized_mnist, MLP, 15 epochs"})
+    header = _md_header(md)
+    rows = _md_rows(md)[0]
+    assert rows[header.index("published")] == "86.50"  # primary: no mark
+    assert rows[len(header) - 2] == "82.10†" and r"82.10$^\dagger$" in tex
+    assert "Also published (quoted, -ELBO): vae 86.60†." in md
+    assert "† read second-hand or not verified in the source" in md
+    assert "'published' columns: -ELBO: Checked et al. 2020;" in md
+    assert "Set-ups: Checked et al. 2020: fixed MNIST, MLP, 100 epochs; ours: binarized_mnist, MLP, 15 epochs." in md
+    assert "80.00" not in md and "other" not in md  # another data set's number is not comparable
+
+
+@pytest.mark.parametrize("status, where, message", [("primry", "Table 1", "status 'primry' is not one of"),
+                                                     ("primary", "", "`where` is empty")])
+def test_every_published_number_has_a_known_status_and_a_location(tmp_path: Path, status, where, message) -> None:
+    csv = tmp_path / "p.csv"
+    csv.write_text("source,table,dataset,model,metric,value,note,status,where\n"
+                   f"a,1,binarized_mnist,vae,neg_elbo,86.5,,{status},{where}\n")
+    with pytest.raises(ValueError, match=f"{csv}, line 2 \\(a vae neg_elbo\\): {re.escape(message)}"):
+        inputs.load_published(csv)
+
+
+def test_the_reference_numbers_all_say_where_they_come_from() -> None:
+    published = inputs.load_published(REPO / "reference/paper_results.csv")
+    sources = inputs.load_sources(REPO / "reference/sources.csv")
+    assert set(published["source"]) <= set(sources)
+    assert set(published["status"]) <= set(inputs.STATUSES)
+    dynamic = published[(published["source"] == "kingma2016_iaf") & (published["table"] == 1)]
+    assert (dynamic["dataset"] == "mnist_dynamic").sum() == 10
 
 
 def test_latex_booktabs_escaping_caption(published: pd.DataFrame) -> None:
@@ -246,7 +280,7 @@ def test_write_table_and_cli(tmp_path: Path, published: pd.DataFrame, monkeypatc
     text = summary.read_text()
     assert "(table1.md)" in text and "(table1.tex)" in text
     assert "![flow_steps_binarized_mnist](figures/flow_steps_binarized_mnist.png)" in text
-    assert "(figures/flow_steps_binarized_mnist.pdf)" in text
+    assert ".pdf" not in text  # git ignores the PDFs: the page links what is committed
     assert "| iaf_d2_w320 " in text  # table inlined
 
 

@@ -135,14 +135,14 @@ def test_a_failed_evaluation_never_leaves_an_older_table_looking_current(tmp_pat
     mirror = project_copy(project, rows_per_table=1)
     build = ["--cores", "2", "--config", "profile=smoke", "--", "reports/smoke/table1.md"]
     assert _snakemake(*build, cwd=project, mirror=mirror).returncode == 0
-    model = project / "results/smoke/binarized_mnist/vae/seed0/model.safetensors"
+    model = project / "results/smoke/mnist_dynamic/vae/seed0/model.safetensors"
     model.write_bytes(model.read_bytes()[:5000])
     table = project / "reports/smoke/table1.md"
     for attempt in range(2):
         result = _snakemake(*build, cwd=project, mirror=mirror)
         assert result.returncode != 0, f"attempt {attempt}: {result.stdout[-1500:]}"
         assert "Nothing to be done" not in result.stdout + result.stderr
-        assert "results/smoke/binarized_mnist/vae/seed0/model.safetensors is corrupt" in log_text(project)
+        assert "results/smoke/mnist_dynamic/vae/seed0/model.safetensors is corrupt" in log_text(project)
         assert not table.exists()
         assert ("removed reports/smoke/table1.md" in log_text(project)) == (attempt == 0)
     model.unlink()  # what the message says: retrain
@@ -154,7 +154,7 @@ def test_a_failed_evaluation_never_leaves_an_older_table_looking_current(tmp_pat
 
 
 def log_text(project: Path) -> str:
-    return (project / "logs/evaluate/smoke/binarized_mnist/vae/seed0.log").read_text()
+    return (project / "logs/evaluate/smoke/mnist_dynamic/vae/seed0.log").read_text()
 
 
 # ---------------------------------------------------------------- a full disk

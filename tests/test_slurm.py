@@ -109,7 +109,7 @@ def _output(proc: subprocess.CompletedProcess | subprocess.Popen, text: str) -> 
 def test_table1_through_slurm_equals_local_run(tmp_path, slurm_cluster):
     slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
     slurm_env, local_env = _env(project_copy(slurm_dir)), _env(project_copy(local_dir))
-    target = ["--config", "profile=smoke", "--", "reports/smoke/table1.md"]
+    target = ["--config", "profile=smoke", "--", "reports/smoke/table10.md"]
 
     # The local run of the same profile and seed, side by side with the SLURM run (which mostly waits).
     local = subprocess.Popen(
@@ -145,7 +145,7 @@ def test_table1_through_slurm_equals_local_run(tmp_path, slurm_cluster):
         assert on_cluster[job_id] == ("COMPLETED", f"rule_{rule}_wildcards_{wildcards}")
 
     # The same numbers as the local run: tables and evaluations, timings and the commit aside.
-    ours, theirs = (d.joinpath("reports/smoke/table1.md").read_text() for d in (slurm_dir, local_dir))
+    ours, theirs = (d.joinpath("reports/smoke/table10.md").read_text() for d in (slurm_dir, local_dir))
     assert "Profile smoke" in ours
     assert _table_without_timings(ours) == _table_without_timings(theirs)
     for model in ("vae", "iaf_d2_w320"):

@@ -216,7 +216,7 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> None:
 
 
 def cmd_report_table(args: argparse.Namespace) -> None:
-    from flowvae.report.inputs import load_eval, load_published
+    from flowvae.report.inputs import load_eval, load_published, load_sources
     from flowvae.report.tables import table_context, write_table
 
     params = load_params(args.params, published=args.published)
@@ -226,6 +226,9 @@ def cmd_report_table(args: argparse.Namespace) -> None:
     spec = tables[args.table]
     context = table_context(params, args.profile, spec.get("dataset"), args.table)
     published = load_published(args.published) if args.published else None
+    sources = Path(args.published).with_name("sources.csv") if args.published else None
+    if sources is not None and sources.is_file():  # readable citations and each source's set-up
+        context["sources"] = load_sources(sources)
     write_table(args.table, spec, [load_eval(p) for p in args.evals], published, context, args.out_md, args.out_tex)
 
 

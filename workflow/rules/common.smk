@@ -7,7 +7,7 @@ from snakemake.exceptions import WorkflowError
 from flowvae.pipeline import plan
 from flowvae.spec import layout
 from flowvae.spec.datasets import SPLITS
-from flowvae.spec.layout import PUBLISHED_CSV, RUN_PATTERN, prepared_files
+from flowvae.spec.layout import PUBLISHED_CSV, RUN_PATTERN, SOURCES_CSV, prepared_files
 from flowvae.spec.params import read_params
 from flowvae.spec.schema import ParamsError, validate_params
 from flowvae.spec.settings import Resources as JobResources

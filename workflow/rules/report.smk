@@ -33,6 +33,7 @@ rule table:
             plan.table_runs(config, w.table), w.profile, rules.evaluate.output.timings, rules.train.output.timings
         ),
         published=PUBLISHED_CSV,
+        sources=SOURCES_CSV,
     output:
         # `snakemake --report report.html`: each table in "Tables", captioned from its own title and text.
         md=report(

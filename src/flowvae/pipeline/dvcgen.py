@@ -24,6 +24,7 @@ from flowvae.spec.layout import (
     HISTORY_FILE,
     MODEL_FILE,
     PUBLISHED_CSV,
+    SOURCES_CSV,
     SAMPLES_FILE,
     SETTINGS_FILE,
     TIMINGS_FILE,
@@ -108,7 +109,7 @@ def dvc_stages(params: dict) -> dict:
                 f" --published {PUBLISHED_CSV} --out-md {REPORTS}/{table}.md --out-tex {REPORTS}/{table}.tex "
                 + " ".join(evals)
             ),
-            "deps": [PUBLISHED_CSV, *evals],
+            "deps": [PUBLISHED_CSV, SOURCES_CSV, *evals],
             "params": plan.table_param_keys(table),
             "outs": _no_cache([f"{REPORTS}/{table}.md", f"{REPORTS}/{table}.tex"]),
         }

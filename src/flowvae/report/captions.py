@@ -12,7 +12,7 @@ from flowvae.spec.metrics import BY_PUBLISHED
 if TYPE_CHECKING:
     from flowvae.report.tables import TableRuns
 
-UNVERIFIED = "UNVERIFIED"  # a note with this word: a number not checked against its source; captions say so
+DAGGER = "†"  # marks a published number whose status is not `primary`
 
 
 def caption(t: TableRuns, shown: dict[str, str]) -> tuple[str, str]:
@@ -49,6 +49,7 @@ def caption(t: TableRuns, shown: dict[str, str]) -> tuple[str, str]:
     else:
         parts.append("± is the standard error over test points (one seed per model).")
     parts += _published_text(t, shown)
+    parts += _setups_text(t)
     return title, " ".join(parts)
 
 
@@ -83,31 +84,48 @@ def _estimator_text(t: TableRuns) -> list[str]:
     return parts
 
 
+def cite(t: TableRuns, source: str) -> str:
+    """A source as a reader knows it (reference/sources.csv), e.g. 'Kingma et al. 2016'; the key where none is given."""
+    return (t.context.get("sources") or {}).get(source, {}).get("citation") or source
+
+
+def _setups_text(t: TableRuns) -> list[str]:
+    """Per published source, its data, network and training beside ours: what a difference compares."""
+    sources = (t.context.get("sources") or {})
+    shown = [s for s in dict.fromkeys(t.published_here["source"]) if s in sources]
+    if not shown:
+        return []
+    setups = "; ".join(f"{cite(t, s)}: {sources[s]['data']}, {sources[s]['network']}, {sources[s]['training']}" for s in shown)
+    ours = t.context.get("setup")
+    return [f"Set-ups: {setups}" + (f"; ours: {ours}." if ours else ".")]
+
+
 def _published_text(t: TableRuns, shown: dict[str, str]) -> list[str]:
-    """Which published numbers the columns show, the others, the unverified ones and the unmatched models."""
+    """Which published numbers the columns show, the others, the second-hand ones and the unmatched models."""
     parts = []
     pub_here, pub_key = t.published_here, t.pub_key
+    mark = {(s, m, me): DAGGER if st != "primary" else "" for s, m, me, st in
+            pub_here[["source", "model", "metric", "status"]].itertuples(index=False)} if len(pub_here) else {}
     if shown:
-        named = "; ".join(f"{BY_PUBLISHED[pm].md if pm in BY_PUBLISHED else pm}: {src}" for pm, src in shown.items())
+        named = "; ".join(f"{BY_PUBLISHED[pm].md if pm in BY_PUBLISHED else pm}: {cite(t, src)}" for pm, src in shown.items())
         parts.append(f"'published' columns: {named}; Δ = ours − published.")
     others = pub_here[~pub_here.apply(lambda r: shown.get(r["metric"]) == r["source"], axis=1)] if len(pub_here) else pub_here
     for (source, pm), group in others.groupby(["source", "metric"], sort=False):
         label = BY_PUBLISHED[pm].md if pm in BY_PUBLISHED else pm
-        values = ", ".join(f"{model} {num(v, BY_PUBLISHED[pm].digits if pm in BY_PUBLISHED else 2)}"
+        values = ", ".join(f"{model} {num(v, BY_PUBLISHED[pm].digits if pm in BY_PUBLISHED else 2)}{mark.get((source, model, pm), '')}"
                            for model, v in zip(group["model"], group["value"]))
-        parts.append(f"Also published ({source}, {label}): {values}.")
+        parts.append(f"Also published ({cite(t, source)}, {label}): {values}.")
     if not shown and t.sources and not len(others):
-        parts.append(f"Published numbers from {', '.join(t.sources)}.")
-    unverified = pub_here[pub_here["note"].str.contains(UNVERIFIED, regex=False)] if len(pub_here) else pub_here
-    for source, group in unverified.groupby("source", sort=False):
-        reason = group["note"].iloc[0].split(UNVERIFIED, 1)[1].lstrip(": ").strip()
-        parts.append(f"UNVERIFIED published numbers ({source}): {reason}.")
+        parts.append(f"Published numbers from {', '.join(cite(t, s) for s in t.sources)}.")
+    if any(mark.values()):
+        parts.append(f"{DAGGER} read second-hand or not verified in the source: reference/paper_results.csv gives each "
+                     "published number's status and where it was read.")
     mapped = [f"{m} as {p}" for m, p in pub_key.items() if m != p]
     if mapped:
         parts.append(f"Published rows matched: {', '.join(mapped)}.")
     unmatched = t.published[~t.published["model"].isin(set(pub_key.values()))]
     if len(unmatched):
-        extra = "; ".join(f"{source}: {', '.join(dict.fromkeys(group['model']))}"
+        extra = "; ".join(f"{cite(t, source)}: {', '.join(dict.fromkeys(group['model']))}"
                           for source, group in unmatched.groupby("source", sort=False))
         parts.append(f"Published models without a row here: {extra}.")
     return parts

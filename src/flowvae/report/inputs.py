@@ -14,19 +14,40 @@ from flowvae.files.jsonfiles import read_json_lines, read_json_object
 from flowvae.spec.layout import EVAL_FILE, EVAL_TIMINGS_FILE, HISTORY_FILE, TIMINGS_FILE
 
 RETRAIN_HISTORY = f"delete the run's {HISTORY_FILE} and rerun its training (it resumes from its checkpoint and writes the file again)"
-PUBLISHED_COLUMNS = ("source", "table", "dataset", "model", "metric", "value", "note")
+PUBLISHED_COLUMNS = ("source", "table", "dataset", "model", "metric", "value", "note", "status", "where")
+# primary: read in the paper or the authors' code (`where` says where); secondary: quoted by a named later
+# source (`where` names it); unverified: recalled, garbled or not found (`where` says what was searched).
+STATUSES = ("primary", "secondary", "unverified")
+SOURCE_COLUMNS = ("source", "citation", "data", "network", "training")
 
 
 def load_published(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read paper_results.csv: one row per (source, table, dataset, model, metric) with a float value."""
-    df = pd.read_csv(csv_path, dtype={"source": str, "dataset": str, "model": str, "metric": str, "note": str})
+    """Read paper_results.csv: one row per (source, table, dataset, model, metric) with a float value,
+    its status and where it was read; ValueError naming the line of a row without them."""
+    df = pd.read_csv(csv_path, dtype={c: str for c in ("source", "dataset", "model", "metric", "note", "status", "where")})
     missing = [c for c in PUBLISHED_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{csv_path}: missing columns {missing}; expected {list(PUBLISHED_COLUMNS)}")
     df["table"] = pd.to_numeric(df["table"], errors="coerce").astype("Int64")
     df["value"] = pd.to_numeric(df["value"], errors="raise").astype(float)
-    df["note"] = df["note"].fillna("")
+    for column in ("note", "status", "where"):
+        df[column] = df[column].fillna("").str.strip()
+    for i, row in df.iterrows():
+        line = f"{csv_path}, line {i + 2} ({row['source']} {row['model']} {row['metric']})"
+        if row["status"] not in STATUSES:
+            raise ValueError(f"{line}: status {row['status']!r} is not one of {list(STATUSES)}")
+        if not row["where"]:
+            raise ValueError(f"{line}: `where` is empty; every published number says where it was read")
     return df
+
+
+def load_sources(csv_path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
+    """Read sources.csv: per published source, its readable citation and the set-up behind its numbers."""
+    df = pd.read_csv(csv_path, dtype=str).fillna("")
+    missing = [c for c in SOURCE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{csv_path}: missing columns {missing}; expected {list(SOURCE_COLUMNS)}")
+    return {row["source"]: dict(row) for _, row in df.iterrows()}
 
 
 def load_eval(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -59,7 +59,8 @@ def build_summary(
         image = files.get(".png") or files.get(".svg")
         if image is not None:
             lines += [f"![{name}]({link(image)})", ""]
-        lines += [" · ".join(f"[{f.name}]({link(f)})" for _, f in sorted(files.items())), ""]
+        # PDFs (for LaTeX) lie beside the images where the figures were drawn; the project commits the PNGs only
+        lines += [" · ".join(f"[{f.name}]({link(f)})" for suffix, f in sorted(files.items()) if suffix != ".pdf"), ""]
     if not tables and not figures:
         lines += ["No tables or figures were given.", ""]
     return "\n".join(lines)

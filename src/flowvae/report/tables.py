@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from flowvae.files.atomic import write_text
-from flowvae.report.captions import caption
+from flowvae.report.captions import DAGGER, caption
 from flowvae.report.commands import commands_block
 from flowvae.report.format import MISSING_MD, MISSING_TEX, latex_escape, md_escape, num, pm
 from flowvae.report.inputs import PUBLISHED_COLUMNS
@@ -73,12 +73,16 @@ class TableRuns:
         return self.published[self.published["model"].isin(set(self.pub_key.values()))]
 
 
-def _published_for(spec: Mapping[str, Any], published: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str], str]:
-    """The published rows for this table, its sources in order, and the primary source."""
+def _published_for(
+    spec: Mapping[str, Any], published: pd.DataFrame | None, dataset: str | None
+) -> tuple[pd.DataFrame, list[str], str]:
+    """The published rows for this table (its data set's only), its sources in order, and the primary source."""
     pub_spec = spec.get("published") or {}
     if published is None or not pub_spec.get("tables"):
         return pd.DataFrame(columns=list(PUBLISHED_COLUMNS)), [], ""
     rows = published[published["table"].isin([int(t) for t in pub_spec["tables"]])]
+    if dataset is not None:  # a number on another binarization (or data set) is not comparable
+        rows = rows[rows["dataset"] == dataset]
     sources = list(pub_spec.get("sources") or dict.fromkeys(rows["source"]))
     rows = rows[rows["source"].isin(sources)]
     primary = str(pub_spec.get("primary") or (sources[0] if sources else ""))
@@ -124,7 +128,7 @@ def gather(
     others = {ev.get("profile") for model in wanted for ev in runs[model]} - {None, profile}
     if profile and others:
         raise ValueError(f"{name}: evals from profile(s) {sorted(others)} mixed into a {profile!r} table")
-    pub_rows, sources, primary = _published_for(spec, published)
+    pub_rows, sources, primary = _published_for(spec, published, dataset)
     pub_key = {str(r["model"]): str(r.get("published_as") or r["model"]) for r in rows}
     return TableRuns(name, spec, context, metrics, rows, runs, pub_rows, sources, primary, pub_key)
 
@@ -187,6 +191,8 @@ def build_table(
         dup = keyed[keyed.duplicated(["source", "model", "metric"], keep=False)].to_dict("records")
         raise ValueError(f"{name}: published numbers given twice: {dup}")
     pub_value = {(s, mo, me): v for s, mo, me, v in keyed.itertuples(index=False)}
+    second_hand = {(s, mo, me) for s, mo, me, st in t.published_here[["source", "model", "metric", "status"]].itertuples(index=False)
+                   if st != "primary"}
 
     several, seed_metric = t.several_seeds, t.seed_metric
     shown: dict[str, str] = {}  # published metric -> the source its column shows
@@ -220,7 +226,8 @@ def build_table(
                 continue
             digits = max(m.digits, 1) if m.key == "active_units" else m.digits
             delta = f"{means[model] - value:+.{digits}f}"
-            cells += [Cell(num(value, m.digits), num(value, m.digits)), Cell(delta, delta)]
+            shown_value = num(value, m.digits) + (DAGGER if (ref, t.pub_key[model], m.published) in second_hand else "")
+            cells += [Cell(shown_value, shown_value.replace(DAGGER, r"$^\dagger$")), Cell(delta, delta)]
 
     title, text = caption(t, shown)
     commands = commands_block(name, t.context.get("profile") or (t.chosen[0].get("profile") if t.chosen else None),
@@ -294,4 +301,32 @@ def table_context(params: Mapping[str, Any], profile: str | None, dataset: str |
         "budget": budget_text(params, profile, plan.table_runs(params, table)) if table else None,
         "row_budgets": {r.model: matching_budgets(params, r.dataset, r.model, profile) for r in plan.table_runs(params, table)}
         if table else {},
+        "setup": our_setup(params, profile, table) if table else None,
     }
+
+
+def our_setup(params: Mapping[str, Any], profile: str, table: str) -> str:
+    """The data, networks and training length of a table's runs, as its caption states them beside the published set-ups."""
+    from flowvae.pipeline import plan
+    from flowvae.spec.run import RunSpec
+
+    runs = plan.table_runs(params, table)
+    specs = [RunSpec.resolve(dict(params), profile, r.dataset, r.model, r.seed) for r in runs]
+    networks = list(dict.fromkeys(_network_text(s) for s in specs))
+    epochs = sorted({s.train.epochs for s in specs})
+    span = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
+    return f"{specs[0].dataset_name}, {'; '.join(networks)}, at most {span} epochs (early stopping after {specs[0].train.patience})" \
+        if specs[0].train.patience else f"{specs[0].dataset_name}, {'; '.join(networks)}, {span} epochs"
+
+
+def _network_text(spec) -> str:
+    s = spec.network
+    if spec.family.block == "ladder":
+        return f"bidirectional ResNet VAE of {s.channels} channels, {s.z_channels} latent maps per rung"
+    if spec.family.block == "pixel_flow":
+        return f"pixel real NVP with {s.channels}-feature s/t networks"
+    if s.kind == "mlp":
+        return f"MLP encoder and decoder ({s.layers} x {s.hidden} ELU units), {s.z_dim} latent units"
+    if s.kind == "resnet":
+        return f"ResNet encoder and decoder (channels {', '.join(map(str, s.channels))}), {s.z_dim} latent units"
+    return f"gated convolutional encoder and decoder, {s.z_dim} latent units"

@@ -14,6 +14,7 @@ from pathlib import Path
 from flowvae.spec.datasets import SPLITS
 
 PUBLISHED_CSV = "reference/paper_results.csv"
+SOURCES_CSV = "reference/sources.csv"  # each published source's citation and set-up, beside it
 RESULTS_ROOT = "results"
 REPORTS_ROOT = "reports"  # reports/{profile}/{table}.md and .tex, {summary}.md, figures{part}/
 # The run folder as a pattern of Snakemake wildcards (and of DVC's foreach items, see dvcgen).
