@@ -237,8 +237,8 @@ def build_table(
     markdown = (
         f"**{title}**\n\n"
         + md_frame.to_markdown(index=False, disable_numparse=True, colalign=["left"] + ["right"] * (len(columns) - 1))
-        + "\n\n" + text + "\n\n" + commands
-    )
+        + "\n\n" + commands + "\n" + text + "\n"
+    )  # the caption stays the last line: `snakemake --report` shows it from there (workflow/report/table.rst)
     tex_title = str(spec.get("title") or title)  # LaTeX numbers the table itself
     latex = tex_frame.to_latex(
         index=False,
