@@ -20,7 +20,7 @@ from flowvae.spec.run import RunSpec
 os.environ["FLOWVAE_ALLOW_DIRTY"] = "1"
 
 TINY_SHAPE = (1, 8, 8)
-TRAIN_KEYS = {"epochs", "batch_size", "optimizer", "lr", "betas", "warmup_epochs", "patience", "ema", "amp"}
+TRAIN_KEYS = {"epochs", "batch_size", "optimizer", "lr", "betas", "warmup_epochs", "lr_warmup_steps", "patience", "ema", "amp"}
 
 
 # The data mirror of the pipeline runs (FLOWVAE_DATA_MIRROR, else ../shared/data beside the checkout):

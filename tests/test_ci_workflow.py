@@ -96,7 +96,7 @@ def test_ci_workflow_steps_in_a_copy(tmp_path):
         "vars.FLOWVAE_DATA_MIRROR": str(mirror),
     }
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "FLOWVAE_"))},
+        **{k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "FLOWVAE_")) or k == "FLOWVAE_ALLOW_DIRTY"},
         **job_env(job, expressions),
         "FLOWVAE_SKIP_SETUP": "1",
         "FLOWVAE_CI_TARGETS": "table1",
@@ -130,8 +130,8 @@ def test_ci_workflow_steps_in_a_copy(tmp_path):
     assert "results/smoke/mnist_dynamic/vae/seed0/eval.json" in git("ls-tree", "-r", "--name-only", "ci-base")
     assert "Profile smoke" in (project / "reports/smoke/table1.md").read_text()
     pr_log = outputs["Smoke profile on the pull request"]
-    assert "Stage 'prepare_binarized_mnist' didn't change, skipping" in pr_log  # only what the change touches reruns
-    assert "Running stage 'train_binarized_mnist@binarized_mnist-vae-seed0'" in pr_log
+    assert "Stage 'prepare_mnist_dynamic' didn't change, skipping" in pr_log  # only what the change touches reruns
+    assert "Running stage 'train_mnist_dynamic@mnist_dynamic-vae-seed0'" in pr_log
 
     # The comment that would be posted.
     body = body_file.read_text()

@@ -61,7 +61,7 @@ def test_plots_show_renders_the_training_curves(built):
     curves = [f"{run}/train_curves.csv" for run in RUNS]
     assert all((project / c).is_file() for c in curves), "flowvae train wrote no train_curves.csv"
     out = project.parent / "plots"
-    shown = dvc("plots", "show", "training_curves_table1", "--out", str(out), cwd=project, env=env)
+    shown = dvc("plots", "show", "table1_training_curves", "--out", str(out), cwd=project, env=env)
     assert "failed to load" not in shown.stdout + shown.stderr
     html = (out / "index.html").read_text()
     # DVC names each line by the shortest distinct end of its file's path, and the column it draws.
@@ -70,8 +70,8 @@ def test_plots_show_renders_the_training_curves(built):
     for needed in ("table1: Dynamically binarized MNIST", '"field": "epoch"', *lines):
         assert needed in html, needed
     # One point per epoch, run and curve, with the values of the run's own log.
-    spec = json.loads(dvc("plots", "show", "training_curves_table1", "--json", cwd=project, env=env).stdout)
-    (plot,) = spec["data"]["training_curves_table1"]
+    spec = json.loads(dvc("plots", "show", "table1_training_curves", "--json", cwd=project, env=env).stdout)
+    (plot,) = spec["data"]["table1_training_curves"]
     points = plot["content"]["data"]["values"]
     for run in RUNS:
         log = [json.loads(line) for line in (project / run / "train.jsonl").read_text().splitlines()]
@@ -101,7 +101,7 @@ def test_push_delete_pull_and_nothing_to_rerun(built, tmp_path):
         outs = [o for o in repo.index.outs if o.exists]
     cached = sorted(o.def_path for o in outs if o.use_cache)
     uncached = sorted(o.def_path for o in outs if not o.use_cache)
-    assert {"data/prepared/smoke/binarized_mnist", f"{RUNS[0]}/model.safetensors", f"{RUNS[0]}/samples.npz"} <= set(cached)
+    assert {"data/prepared/smoke/mnist_dynamic", f"{RUNS[0]}/model.safetensors", f"{RUNS[0]}/samples.npz"} <= set(cached)
     assert {f"{RUNS[0]}/eval.json", f"{RUNS[0]}/settings.json", f"{RUNS[0]}/train_timings.json", TABLE} <= set(uncached)
     run([*GIT, "add", "dvc.lock", ".dvc/config"], project, env)
     run([*GIT, "add", "-f", "--", *uncached], project, env)

@@ -25,6 +25,20 @@ def trained(tiny, tmp_path):
     return cfg, out
 
 
+def test_per_image_values_are_saved_and_average_to_eval_json(trained):
+    cfg, out = trained
+    metrics = evaluate(cfg, out)
+    first = (out / "per_image.npz").read_bytes()
+    with np.load(out / "per_image.npz") as f:
+        assert f["neg_log_px"].dtype == f["neg_elbo"].dtype == np.float64
+        assert f["neg_log_px"].shape == f["neg_elbo"].shape == (metrics["n_test"],)
+        assert abs(f["neg_log_px"].mean() - metrics["neg_log_px"]) < 1e-9
+        assert abs(f["neg_elbo"].mean() - metrics["neg_elbo"]) < 1e-9
+        assert (f["neg_elbo"] >= f["neg_log_px"] - 1e-9).mean() > 0.5  # the ELBO bounds IS-K from below on most images
+    evaluate(cfg, out)
+    assert (out / "per_image.npz").read_bytes() == first  # byte-reproducible like eval.json
+
+
 def test_evaluate_writes_eval_json_and_samples(trained):
     cfg, out = trained
     metrics = evaluate(cfg, out)
@@ -51,7 +65,7 @@ def test_is_estimate_is_above_elbo_and_tightens_with_k(trained):
     model.eval()
     test = batches_for(cfg, "test", 32, False, 0)
     torch.manual_seed(0)
-    r = importance_sample(model, test, K=2048, device=torch.device("cpu"), max_batch=8192, curve_points=32)
+    r = importance_sample(model, test, K=2048, device=torch.device("cpu"), max_batch=8192, curve_images=np.ones(32, dtype=bool))
     curve = {p["K"]: p["neg_log_px"] for p in is_curve(r["curve_log_w"], [1, 16, 256])}
     neg_elbo = float(-r["elbo"].mean())
     assert curve[1] == pytest.approx(neg_elbo)  # one sample per block is the ELBO itself
@@ -164,3 +178,25 @@ def test_the_2d_manifold_decodes_the_normal_quantiles(tiny):
     assert "manifold" in figure_arrays(model, x, seed=0)
     wide = tiny("vae", network={"kind": "mlp", "hidden": 16, "layers": 1, "z_dim": 3, "context_dim": 4})
     assert "manifold" not in figure_arrays(build_model(wide).eval(), x, seed=0)
+
+
+def test_late_improvement_measures_the_last_fifth_of_the_epochs():
+    from flowvae.runs.evaluate import late_improvement
+
+    history = [{"val_neg_elbo": v} for v in (100.0, 95.0, 93.0, 92.5, 92.4, 92.3, 92.0, 91.9, 90.0, 89.0)]
+    assert late_improvement(history) == pytest.approx(91.9 - 89.0)  # best of the first 8 minus best of all 10
+    assert late_improvement(history[:4]) is None
+    flat = [{"val_neg_elbo": 90.0}] * 10
+    assert late_improvement(flat) == 0.0
+
+
+
+def test_curve_images_are_a_seeded_random_sample_named_in_eval_json(trained):
+    from flowvae.runs.evaluate import seeded_subset
+
+    cfg, out = trained
+    first = seeded_subset(1000, 100)
+    assert first.sum() == 100 and (seeded_subset(1000, 100) == first).all()  # the same images for every run
+    assert first[:100].sum() < 30  # not the first images: a test file sorted by digit would give one digit
+    metrics = evaluate(cfg, out)
+    assert metrics["is_curve_images"] == 8  # the tiny profile's is_curve_points

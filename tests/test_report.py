@@ -8,6 +8,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -176,9 +177,9 @@ def test_bits_per_dim_table_uses_bits_fields(tmp_path: Path) -> None:
     ev = _eval("vae", dataset="cifar10", neg_log_px=4500.0, neg_log_px_se=3.0,
                bits_per_dim={"neg_elbo": 6.500, "neg_log_px": 6.450})
     md, _ = report.build_table("table3", spec, [ev], inputs.load_published(csv), {"profile": "quick"})
-    assert _column(md, "-log p(x) (bits/dim)") == [f"6.450 ± {3.0 * 6.45 / 4500:.3f}"]
-    assert _published_of(md, "-ELBO (bits/dim)") == ["6.460"]
-    assert _column(md, "Δ -log p(x) (bits/dim)") == [f"{6.450 - 6.431:+.3f}"]
+    assert _column(md, "-log p(x) (bits/dim)") == [f"6.4500 ± {3.0 * 6.45 / 4500:.4f}"]  # 4 decimals: 0.001 bits/dim is half a nat
+    assert _published_of(md, "-ELBO (bits/dim)") == ["6.4600"]
+    assert _column(md, "Δ -log p(x) (bits/dim)") == [f"{6.450 - 6.431:+.4f}"]
     assert "bits/dim." in md
 
 
@@ -331,3 +332,55 @@ def test_the_summary_warns_first_of_tables_from_uncommitted_code(tmp_path: Path,
     assert text.splitlines()[0] == "**Warning: table2 show runs trained or evaluated from uncommitted code (see their captions).**"
     (tmp_path / "table2.md").write_text(clean)
     assert summary_page.build_summary([tmp_path / "table2.md"], [], base_dir=tmp_path).startswith("# flowvae results")
+
+
+def _with_images(ev: dict, values) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    return {**ev, "neg_log_px": float(values.mean()), "_per_image": {"neg_log_px": values, "neg_elbo": values + 3}}
+
+
+def test_paired_differences_against_the_baseline_row(published: pd.DataFrame) -> None:
+    """Fabricated per-image values: Δ, its paired SE, the sd over seeds and the 'not distinguishable' mark."""
+    rng = np.random.default_rng(0)
+    base = {s: rng.normal(90, 5, 400) for s in (0, 1)}
+    gain = {0: 1.0, 1: 1.4}
+    evals = [_with_images(_eval("vae", seed=s), base[s]) for s in (0, 1)]
+    evals += [_with_images(_eval("iaf_d2_w320", seed=s), base[s] - gain[s] + rng.normal(0, 0.1, 400)) for s in (0, 1)]
+    noise = rng.normal(0, 2.0, 400)
+    evals += [_with_images(_eval("vae_elbo5", seed=0), base[0] + noise - noise.mean())]  # noise, no gain
+    md, tex = report.build_table("table1", SPEC, evals, published, CONTEXT)
+    header, rows = _md_header(md), {r[0]: r for r in _md_rows(md)}
+    col = header.index("Δ vs vae (paired)")
+    assert rows["vae"][col] == "baseline"
+    deltas = [float(((base[s] - gain[s]) - base[s]).mean()) for s in (0, 1)]  # the noise is in the fabricated values
+    iaf = rows["iaf_d2_w320"][col]
+    expected = np.mean([np.mean(e["_per_image"]["neg_log_px"] - b["_per_image"]["neg_log_px"])
+                        for e, b in zip(evals[2:4], evals[0:2])])
+    assert iaf.startswith(f"{expected:+.3f} ± ") and "≈" not in iaf
+    diffs = [e["_per_image"]["neg_log_px"] - b["_per_image"]["neg_log_px"] for e, b in zip(evals[2:4], evals[0:2])]
+    se = np.mean([d.std(ddof=1) / np.sqrt(d.size) for d in diffs])
+    assert iaf.endswith(f"± {se:.3f}")
+    assert rows["iaf_d2_w320"][col + 1] == f"{np.std([d.mean() for d in diffs], ddof=1):.3f}"
+    assert abs(np.mean(deltas) + 1.2) < 0.05
+    assert rows["vae_elbo5"][col].endswith("≈") and rows["vae_elbo5"][col + 1] == "—"  # one shared seed: no sd
+    assert "≈ marks a row whose |Δ| is under two paired standard errors" in md
+    assert r"$\Delta$ vs vae (paired)" in tex
+
+
+def test_paired_differences_need_the_same_test_images(published: pd.DataFrame) -> None:
+    evals = [_with_images(_eval("vae"), np.ones(10)), _with_images(_eval("iaf_d2_w320"), np.ones(12)), _eval("vae_elbo5")]
+    with pytest.raises(ValueError, match="12 per-image values against the baseline's 10"):
+        report.build_table("table1", SPEC, evals, published, CONTEXT)
+
+
+def test_a_table_without_per_image_values_has_no_paired_columns(published: pd.DataFrame) -> None:
+    md, _ = report.build_table("table1", SPEC, [_eval(m) for m in ("vae", "iaf_d2_w320", "vae_elbo5")], published, CONTEXT)
+    assert "paired" not in md
+
+
+def test_rows_still_improving_are_marked(published: pd.DataFrame) -> None:
+    evals = [_eval("vae", late_improvement=0.2), _eval("iaf_d2_w320", late_improvement=1.7), _eval("vae_elbo5", late_improvement=None)]
+    md, tex = report.build_table("table1", SPEC, evals, published, CONTEXT)
+    assert [r[0] for r in _md_rows(md)] == ["vae", "iaf_d2_w320 ▲", "vae_elbo5"]
+    assert "▲ still improving: the best validation -ELBO of iaf_d2_w320 fell by more than 0.5 nats" in md
+    assert r"$^\blacktriangle$" in tex

@@ -139,3 +139,38 @@ def test_convolutional_models_train_channels_last_on_a_cpu(tiny, tmp_path):
     assert conv.encoder.body[1].h.weight.is_contiguous(memory_format=torch.channels_last)
     mlp = Trainer(tiny("vae"), tmp_path / "mlp").model
     assert all(p.is_contiguous() for p in mlp.parameters())
+
+
+def test_a_twenty_step_real_nvp_posterior_trains_with_a_bounded_kl(tiny, tmp_path):
+    """rnvp20 (40 couplings) for one epoch under the learning-rate warm-up: every batch's KL stays far below the guard."""
+    cfg = tiny("rnvp20", epochs=1, lr=2e-3, lr_warmup_steps=50)
+    trainer = Trainer(cfg, tmp_path / "run")
+    kls = []
+    step = trainer.forward_loss
+
+    def recording(x, beta):
+        loss, terms = step(x, beta)
+        kls.append(float(terms[3]))
+        return loss, terms
+
+    trainer.forward_loss = recording
+    trainer.run()
+    assert len(kls) == 8 and max(kls) < 1e3, kls
+    lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert lrs == [pytest.approx(2e-3 * 8 / 50)]  # still warming up after 8 of 50 steps
+
+
+def test_the_learning_rate_warms_up_linearly(tiny, tmp_path):
+    trainer = Trainer(tiny("vae", lr=1e-2, lr_warmup_steps=4), tmp_path / "run")
+    seen = []
+    for step in range(1, 7):
+        trainer._warm_up_lr(step)
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2])
+
+
+def test_a_run_whose_kl_explodes_fails_naming_epoch_and_step(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "KL_LIMIT", 1e-6)  # any real KL is above it: the guard must fire at the first look
+    with pytest.raises(NonFiniteLoss, match=r"the KL term exploded \(\S+ nats per image, above 1e-06\): the run diverged "
+                                            r"at epoch 1, step 1"):
+        Trainer(tiny("vae", epochs=1), tmp_path / "run").run()

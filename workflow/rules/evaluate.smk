@@ -9,6 +9,7 @@ rule evaluate:
         metrics=f"{RUN}/{layout.EVAL_FILE}",
         timings=f"{RUN}/{layout.EVAL_TIMINGS_FILE}",
         samples=f"{RUN}/{layout.SAMPLES_FILE}",
+        per_image=f"{RUN}/{layout.PER_IMAGE_FILE}",
     params:
         settings=lambda w: plan.param_values(config, plan.eval_param_keys(w.profile)),
     log:

@@ -26,6 +26,7 @@ rule table:
     """One results table (Markdown and LaTeX) with the published numbers beside ours."""
     input:
         evals=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.evaluate.output.metrics),
+        per_image=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.evaluate.output.per_image),
         # The models too: a model replaced or corrupted after its evaluation makes the table out of date, so
         # a failed re-evaluation can never leave an older table looking current.
         models=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.train.output.model),

@@ -18,7 +18,7 @@ class TimeBoxReached(RuntimeError):
 
 
 class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or its KL term exploded (a diverged run)."""
 
 
 class WriteFailed(RuntimeError):

@@ -23,6 +23,7 @@ from flowvae.spec.layout import (
     FIGURE_INPUTS,
     HISTORY_FILE,
     MODEL_FILE,
+    PER_IMAGE_FILE,
     PUBLISHED_CSV,
     SOURCES_CSV,
     SAMPLES_FILE,
@@ -97,7 +98,7 @@ def dvc_stages(params: dict) -> dict:
             "cmd": f"flowvae evaluate {run_args}",
             "deps": [f"{RUN}/{MODEL_FILE}", f"{RUN}/{SETTINGS_FILE}", f"{prepared}/${{profile}}/${{item.dataset}}"],
             "params": plan.eval_param_keys(PROFILE),
-            "outs": [f"{RUN}/{SAMPLES_FILE}", {f"{RUN}/{EVAL_TIMINGS_FILE}": {"cache": False}}],
+            "outs": [f"{RUN}/{SAMPLES_FILE}", f"{RUN}/{PER_IMAGE_FILE}", {f"{RUN}/{EVAL_TIMINGS_FILE}": {"cache": False}}],
             "metrics": [{f"{RUN}/{EVAL_FILE}": {"cache": False}}],
         },
     }
@@ -109,7 +110,7 @@ def dvc_stages(params: dict) -> dict:
                 f" --published {PUBLISHED_CSV} --out-md {REPORTS}/{table}.md --out-tex {REPORTS}/{table}.tex "
                 + " ".join(evals)
             ),
-            "deps": [PUBLISHED_CSV, SOURCES_CSV, *evals],
+            "deps": [PUBLISHED_CSV, SOURCES_CSV, *evals, *(r.path(PROFILE, PER_IMAGE_FILE) for r in plan.table_runs(params, table))],
             "params": plan.table_param_keys(table),
             "outs": _no_cache([f"{REPORTS}/{table}.md", f"{REPORTS}/{table}.tex"]),
         }
@@ -156,7 +157,7 @@ def dvc_plots(params: dict) -> list[dict]:
     plots = []
     for name, (runs, title) in groups.items():
         plots.append({
-            f"training_curves_{name}": {
+            f"{name}_training_curves": {  # not training_curves_<table>: DVC takes table1 for a prefix of table10
                 "template": "linear",
                 "title": f"{name}: {title}, -ELBO per epoch (${{profile}})",
                 "x": "epoch",

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 DAGGER = "†"  # marks a published number whose status is not `primary`
 
 
-def caption(t: TableRuns, shown: dict[str, str]) -> tuple[str, str]:
+def caption(t: TableRuns, shown: dict[str, str], columns: list[str] = ()) -> tuple[str, str]:
     """The title line and the provenance text of a gathered table; `shown`: published metric -> the source its column shows."""
     spec, context, chosen = t.spec, t.context, t.chosen
     number = re.sub(r"^table", "Table ", t.name)
@@ -48,6 +48,11 @@ def caption(t: TableRuns, shown: dict[str, str]) -> tuple[str, str]:
                      f"(the runs' mean), and 'sd over seeds' the standard deviation of {seed_metric.md} over seeds.")
     else:
         parts.append("± is the standard error over test points (one seed per model).")
+    improving = [m for m in t.models if t.still_improving(m)]
+    if improving:
+        parts.append(f"▲ still improving: the best validation -ELBO of {', '.join(improving)} fell by more than 0.5 nats "
+                     "in the last 20% of its epochs (eval.json's late_improvement), so the run had not converged.")
+    parts += _paired_text(t, columns)
     parts += _published_text(t, shown)
     parts += _setups_text(t)
     return title, " ".join(parts)
@@ -82,6 +87,16 @@ def _estimator_text(t: TableRuns) -> list[str]:
                      "sampling: the density of one uniform dequantization per test image, dequantization and "
                      "logit Jacobians included), so its -ELBO column repeats it.")
     return parts
+
+
+def _paired_text(t: TableRuns, columns: list[str]) -> list[str]:
+    """What the paired columns mean, once each."""
+    if not any(c.startswith("Δ vs ") for c in columns):
+        return []
+    return [f"'Δ vs {t.baseline} (paired)': the mean over the test images of each image's -log p(x) minus the {t.baseline} "
+            "row's on the same image, averaged over the seeds both rows share; ± its paired standard error (the "
+            "seeds' mean); ≈ marks a row whose |Δ| is under two paired standard errors: not distinguishable from the "
+            "baseline. 'sd of Δ over seeds': the standard deviation of that Δ over the shared seeds."]
 
 
 def cite(t: TableRuns, source: str) -> str:

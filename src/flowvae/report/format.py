@@ -28,7 +28,7 @@ def latex_escape(text: str) -> str:
     table = {
         "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-        "±": r"$\pm$", "†": r"$^\dagger$", "−": "$-$", "Δ": r"$\Delta$", "—": "--", "–": "--",
+        "±": r"$\pm$", "†": r"$^\dagger$", "▲": r"$^\blacktriangle$", "≈": r"$\approx$", "−": "$-$", "Δ": r"$\Delta$", "—": "--", "–": "--",
     }
     return "".join(table.get(ch, ch) for ch in text)
 

@@ -8,10 +8,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from flowvae.files.errors import CorruptFileError
 from flowvae.files.jsonfiles import read_json_lines, read_json_object
-from flowvae.spec.layout import EVAL_FILE, EVAL_TIMINGS_FILE, HISTORY_FILE, TIMINGS_FILE
+from flowvae.spec.layout import EVAL_FILE, EVAL_TIMINGS_FILE, HISTORY_FILE, PER_IMAGE_FILE, TIMINGS_FILE
 
 RETRAIN_HISTORY = f"delete the run's {HISTORY_FILE} and rerun its training (it resumes from its checkpoint and writes the file again)"
 PUBLISHED_COLUMNS = ("source", "table", "dataset", "model", "metric", "value", "note", "status", "where")
@@ -60,6 +62,13 @@ def load_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [k for k in ("model", "dataset") if k not in ev]
     if missing:
         raise ValueError(f"{path}: eval.json lacks {missing}")
+    per_image = Path(path).with_name(PER_IMAGE_FILE)
+    if per_image.is_file():  # for paired differences between rows (report/paired.py)
+        try:
+            with np.load(per_image, allow_pickle=False) as arrays:
+                ev["_per_image"] = {name: arrays[name] for name in arrays.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise CorruptFileError(f"{per_image} is corrupt ({exc}); delete it and rerun the run's evaluation") from None
     for name, keys in ((EVAL_TIMINGS_FILE, ("eval_seconds", "is_samples_per_s")), (TIMINGS_FILE, ("train_minutes",))):
         beside = Path(path).with_name(name)
         if beside.is_file():

@@ -19,7 +19,12 @@ from flowvae.report.captions import DAGGER, caption
 from flowvae.report.commands import commands_block
 from flowvae.report.format import MISSING_MD, MISSING_TEX, latex_escape, md_escape, num, pm
 from flowvae.report.inputs import PUBLISHED_COLUMNS
+from flowvae.report.paired import NOT_DISTINGUISHABLE, paired_delta
 from flowvae.spec.metrics import Metric, metric
+
+
+LATE_LIMIT = 0.5  # nats of validation -ELBO gained in the last 20% of the epochs: a row still improving
+STILL_IMPROVING = " ▲"
 
 
 class MissingEvalError(ValueError):
@@ -66,6 +71,15 @@ class TableRuns:
     def seed_metric(self) -> Metric | None:
         """The metric whose spread over seeds gets a column: -log p(x) where the table shows it."""
         return next((m for m in self.metrics if m.shows_k), self.metrics[0]) if self.several_seeds else None
+
+    def still_improving(self, model: str) -> bool:
+        """Whether any run of the row improved its best validation -ELBO by more than LATE_LIMIT nats in its last 20% of epochs."""
+        return any((ev.get("late_improvement") or 0.0) > LATE_LIMIT for ev in self.runs[model])
+
+    @property
+    def baseline(self) -> str:
+        """The row the paired differences are taken against: the spec's `baseline`, else the first row."""
+        return str(self.spec.get("baseline") or self.models[0])
 
     @property
     def published_here(self) -> pd.DataFrame:
@@ -177,6 +191,32 @@ def _seed_sd(m: Metric, runs: list[Mapping[str, Any]], table: str) -> Cell:
     return Cell(sd, sd)
 
 
+def _paired_columns(t: TableRuns, m: Metric, body: list[list[Cell]]) -> list[tuple[str, str]]:
+    """Δ against the baseline row (paired over test images) and its sd over seeds; no columns without per-image values."""
+    base = t.baseline
+    runs = t.runs[base]
+    scale = 1.0
+    if m.key == "bits_per_dim":  # nats to bits/dim, by the baseline's own ratio
+        ev = runs[0]
+        scale = m.get(ev) / ev["neg_log_px"] if ev.get("neg_log_px") else 1.0
+    deltas = {model: paired_delta(t.runs[model], runs, scale) for model in t.models if model != base}
+    if not any(deltas.values()):
+        return []
+    digits = m.digits + 1
+    for cells, model in zip(body, t.models):
+        d = deltas.get(model)
+        if model == base:
+            cells += [Cell("baseline", "baseline"), Cell(MISSING_MD, MISSING_TEX)]
+        elif d is None:
+            cells += [Cell(MISSING_MD, MISSING_TEX)] * 2
+        else:
+            mark = "" if d.distinguishable else f" {NOT_DISTINGUISHABLE}"
+            text = f"{d.delta:+.{digits}f} ± {d.se:.{digits}f}{mark}"
+            sd = MISSING_MD if d.seed_sd is None else f"{d.seed_sd:.{digits}f}"
+            cells += [Cell(text, latex_escape(text)), Cell(sd, MISSING_TEX if d.seed_sd is None else sd)]
+    return [(f"Δ vs {base} (paired)", rf"$\Delta$ vs {latex_escape(base)} (paired)"), ("sd of Δ over seeds", r"sd of $\Delta$ over seeds")]
+
+
 def build_table(
     name: str,
     spec: Mapping[str, Any],
@@ -199,7 +239,7 @@ def build_table(
     columns: list[tuple[str, str]] = [("model", "model")] + ([("seeds", "seeds")] if several else [])
     body: list[list[Cell]] = []
     for row in t.rows:
-        label = str(row.get("label") or row["model"])
+        label = str(row.get("label") or row["model"]) + (STILL_IMPROVING if t.still_improving(str(row["model"])) else "")
         n = str(len(t.runs[str(row["model"])]))
         body.append([Cell(label, latex_escape(label))] + ([Cell(n, n)] if several else []))
     for m in t.metrics:
@@ -212,6 +252,8 @@ def build_table(
             columns.append(("sd over seeds", "sd over seeds"))
             for cells, model in zip(body, t.models):
                 cells.append(_seed_sd(m, t.runs[model], name))
+        if m.shows_k:
+            columns += _paired_columns(t, m, body)
         # one published column per metric: the primary source, or the first that has this metric
         have = [src for src in t.sources if any((src, t.pub_key[model], m.published) in pub_value for model in t.models)]
         if not m.published or not have:
@@ -229,7 +271,7 @@ def build_table(
             shown_value = num(value, m.digits) + (DAGGER if (ref, t.pub_key[model], m.published) in second_hand else "")
             cells += [Cell(shown_value, shown_value.replace(DAGGER, r"$^\dagger$")), Cell(delta, delta)]
 
-    title, text = caption(t, shown)
+    title, text = caption(t, shown, [c[0] for c in columns])
     commands = commands_block(name, t.context.get("profile") or (t.chosen[0].get("profile") if t.chosen else None),
                               t.chosen, t.context.get("row_budgets") or {})
     md_frame = pd.DataFrame([[md_escape(c.md) for c in cells] for cells in body], columns=[md_escape(c[0]) for c in columns])

@@ -12,6 +12,8 @@ eval.json (all values in nats per image unless said otherwise):
   estimator                                       "importance sampling", or "exact" for a flow used as a density model
                                                   (realnvp_s*_b*: log p of one uniform dequantization per test image, K = 1)
   epochs, best_epoch, n_params, latent_dim        n_params counts the trainable parameters as trained (before folding)
+  late_improvement                                how much the best validation -ELBO fell during the last 20% of the
+                                                  epochs (nats; null under 5 epochs): a run still improving has not converged
   neg_elbo, neg_elbo_se, recon, kl                -ELBO = recon + kl, averaged over the K samples
   neg_log_px, neg_log_px_se                       -log p(x) by importance sampling: mean and standard error over test images
   gap                                             neg_elbo - neg_log_px
@@ -19,9 +21,12 @@ eval.json (all values in nats per image unless said otherwise):
                                                   first images whose latents fit a 20M-value budget (all, for MLP latents)
   ess_fraction                                    mean over images of ESS / K of the importance weights
   bits_per_dim                                    null, or {neg_elbo, neg_log_px} in bits/dim for 8-bit images
-  is_curve                                        [{K, neg_log_px}] on the first images, averaged over disjoint blocks of K samples
+  is_curve, is_curve_images                       [{K, neg_log_px}] on a seeded random sample of is_curve_images test images
+                                                  (the same for every run of a data set), averaged over disjoint blocks of K samples
 eval.json has no wall-clock field: the same run evaluated twice on one machine gives the same bytes.
 eval_timings.json beside it: eval_seconds, is_samples_per_s.
+per_image.npz beside it: neg_log_px and neg_elbo (float64, nats) of every test image in the test split's order,
+whose means are eval.json's; byte-reproducible like it. Tables take paired differences from them.
 samples.npz beside it: originals, reconstructions, prior_samples, interpolations and, for a 2-D
 latent, manifold and manifold_quantiles (decoded means over a grid of latents at normal quantiles),
 grid_x, grid_y, prior_logp and posterior_logq (log-densities on a grid) for a few test images.
@@ -103,8 +108,9 @@ def standard_error(values: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def importance_sample(model, batches, K: int, device: torch.device, max_batch: int, curve_points: int = 0) -> dict:
-    """Per-image log p(x) estimates, ELBO terms, ESS, latent moments, and the first images' raw log-weights."""
+def importance_sample(model, batches, K: int, device: torch.device, max_batch: int, curve_images: np.ndarray | None = None) -> dict:
+    """Per-image log p(x) estimates, ELBO terms, ESS, latent moments, and the raw log-weights of the images that
+    `curve_images` (a boolean mask over the test images) selects."""
     log_px, elbo, recon, ess, mean_z, var_z, curve = [], [], [], [], [], [], []
     seen = 0
     moment_points = None  # images whose latent moments are kept: all that fit the budget
@@ -131,8 +137,9 @@ def importance_sample(model, batches, K: int, device: torch.device, max_batch: i
                 z = out.z[:, :keep].reshape(s, keep, -1).double().cpu()
                 z_sum = z.sum(0) if z_sum is None else z_sum + z.sum(0)
                 z_sq = (z**2).sum(0) if z_sq is None else z_sq + (z**2).sum(0)
-            if seen < curve_points:
-                raw.append(lw[:, : curve_points - seen])
+            selected = None if curve_images is None else torch.from_numpy(curve_images[seen : seen + b])
+            if selected is not None and bool(selected.any()):
+                raw.append(lw[:, selected])
             done += s
         log_px.append(acc.log_mean())
         elbo.append(sums["elbo"] / K)
@@ -214,6 +221,28 @@ def figure_arrays(model, x: torch.Tensor, seed: int, n_prior: int = 64, n_interp
     return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
 
 
+LATE_FRACTION = 0.2  # the last fifth of the epochs
+
+
+SUBSET_SEED = 50_000  # the same images for every run of a data set, so that their curves compare
+
+
+def seeded_subset(n_images: int, count: int) -> np.ndarray:
+    """A seeded random sample of `count` test images, as a boolean mask in test order: test files may be sorted by digit."""
+    mask = np.zeros(n_images, dtype=bool)
+    mask[np.random.default_rng(SUBSET_SEED).choice(n_images, size=min(count, n_images), replace=False)] = True
+    return mask
+
+
+def late_improvement(history: list[dict]) -> float | None:
+    """The best validation -ELBO before the last 20% of the epochs minus the best over all of them (None under 5 epochs)."""
+    values = [float(h["val_neg_elbo"]) for h in history]
+    if len(values) < 5:
+        return None
+    cut = len(values) - max(1, round(LATE_FRACTION * len(values)))
+    return min(values[:cut]) - min(values)
+
+
 def check_recorded(spec: RunSpec, folder: RunFolder) -> dict:
     """Refuse a run whose files disagree with each other or with params.yaml.
 
@@ -274,7 +303,8 @@ def evaluate(
     if max_batch is None:
         max_batch = settings.max_batch or (2_000 if has_convolutions(model) else 20_000)
     start = time.perf_counter()
-    r = importance_sample(model, test, K, dev, max_batch, settings.is_curve_points)
+    curve_images = seeded_subset(test.n_images, settings.is_curve_points)
+    r = importance_sample(model, test, K, dev, max_batch, curve_images)
     seconds = time.perf_counter() - start
     neg_log_px = -r["log_px"]
     neg_elbo = -r["elbo"]
@@ -294,6 +324,7 @@ def evaluate(
         "estimator": "exact" if model.exact_likelihood else "importance sampling",
         "epochs": len(history),
         "best_epoch": int(max((h["epoch"] for h in history if h.get("best")), default=0)),
+        "late_improvement": late_improvement(history),
         "n_params": n_params,
         "latent_dim": int(r["mean_z"].shape[1]),
         "neg_elbo": float(neg_elbo.mean()),
@@ -307,11 +338,12 @@ def evaluate(
         "ess_fraction": float(r["ess_fraction"].mean()),
         "bits_per_dim": None,
         "is_curve": is_curve(r["curve_log_w"], list(settings.curve_K) or [K]),
+        "is_curve_images": int(curve_images.sum()),
     }
     if get_likelihood(spec.likelihood).eight_bit:
         scale = d * math.log(2)
         metrics["bits_per_dim"] = {"neg_elbo": metrics["neg_elbo"] / scale, "neg_log_px": metrics["neg_log_px"] / scale}
-    spread = np.linspace(0, test.n_images - 1, min(16, test.n_images)).astype(int)  # test rows may be sorted by digit
+    spread = np.flatnonzero(seeded_subset(test.n_images, 16))
     shown = Batches(test.x[spread].cpu().numpy(), len(spread), test.binarize, shuffle=False, seed=spec.seed, device=dev)
     arrays = figure_arrays(model, next(shown.epoch(0)), spec.seed)
     if source.dirty:
@@ -319,6 +351,7 @@ def evaluate(
     else:
         folder.eval_source_diff.unlink(missing_ok=True)
     write_npz(folder.samples, arrays, compress=True)
+    write_npz(folder.per_image, {"neg_log_px": neg_log_px.numpy(), "neg_elbo": neg_elbo.numpy()}, compress=True)
     write_json(folder.eval_timings, {"eval_seconds": seconds, "is_samples_per_s": neg_log_px.numel() * K / seconds})
     write_json(folder.eval, metrics)
     return metrics

@@ -28,6 +28,7 @@ TIMINGS_FILE = "train_timings.json"  # seconds per epoch, train_minutes
 EVAL_FILE = "eval.json"
 EVAL_TIMINGS_FILE = "eval_timings.json"
 SAMPLES_FILE = "samples.npz"  # images and latent grids for the figures
+PER_IMAGE_FILE = "per_image.npz"  # float64 -log p(x) and -ELBO of every test image: what paired differences need
 SOURCE_DIFF_FILE = "source.diff"  # uncommitted changes of the code that trained the run (--allow-dirty only)
 EVAL_SOURCE_DIFF_FILE = "eval_source.diff"  # the same for the code that evaluated it
 CHECKPOINT_DIR = "checkpoint"
@@ -37,7 +38,7 @@ STOPPED_FILE = f"{CHECKPOINT_DIR}/stopped.json"  # why the trainer last stopped 
 BEST_FILE = f"{CHECKPOINT_DIR}/best.safetensors"
 
 TRAIN_OUTPUTS = (MODEL_FILE, SETTINGS_FILE, HISTORY_FILE, CURVES_FILE, TIMINGS_FILE)
-EVAL_OUTPUTS = (EVAL_FILE, EVAL_TIMINGS_FILE, SAMPLES_FILE)
+EVAL_OUTPUTS = (EVAL_FILE, EVAL_TIMINGS_FILE, SAMPLES_FILE, PER_IMAGE_FILE)
 FIGURE_INPUTS = (EVAL_FILE, HISTORY_FILE, SAMPLES_FILE)  # what the figures notebook reads of each run
 
 
@@ -86,6 +87,10 @@ class RunFolder:
     @property
     def samples(self) -> Path:
         return self.root / SAMPLES_FILE
+
+    @property
+    def per_image(self) -> Path:
+        return self.root / PER_IMAGE_FILE
 
     @property
     def source_diff(self) -> Path:

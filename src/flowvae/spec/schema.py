@@ -98,6 +98,9 @@ def validate_params(
             fail(f"tables.{name}.dataset", f"unknown data set {table['dataset']!r}; known: {sorted(datasets)}")
         for i, row in enumerate(table["rows"]):
             _check_model(fail, row["model"], f"tables.{name}.rows.{i}.model")
+        models = [row["model"] for row in table["rows"]]
+        if table.get("baseline") is not None and table["baseline"] not in models:
+            fail(f"tables.{name}.baseline", f"{table['baseline']!r} is not one of the table's rows {models}")
         for i, name_ in enumerate(table["metrics"]):
             try:
                 metric(name_, table.get("units"))

@@ -132,6 +132,7 @@ class TrainSettings:
     optimizer: str = "adamax"  # adamax | adam
     betas: tuple[float, float] = (0.9, 0.999)  # the optimiser's beta1, beta2
     warmup_epochs: float = 0.0  # KL weight rises linearly from 0 to 1 over these epochs
+    lr_warmup_steps: int = 0  # the learning rate rises linearly from lr/N to lr over the first N updates (0: none)
     patience: int = 0  # early stopping after this many epochs without a better validation -ELBO (0: never)
     ema: float = 0.0  # decay of the exponential moving average of the weights (0: none)
     amp: str = "none"  # none | bf16: autocast of the training step (CUDA and CPU)
