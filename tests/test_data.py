@@ -137,11 +137,16 @@ def test_checksum_mismatch_names_file_sources_and_digests(tmp_path):
     assert list((tmp_path / "raw" / "d").iterdir()) == []
 
 
-def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch):
+def mirrored_file(tmp_path, size: int):
+    """A mirror holding d/f.bin of `size` bytes, and its RemoteFile."""
     mirror = tmp_path / "mirror"
     (mirror / "d").mkdir(parents=True)
-    (mirror / "d" / "f.bin").write_bytes(b"x" * 5_000_000)
-    spec = remote("d/f.bin", mirror / "d" / "f.bin")
+    (mirror / "d" / "f.bin").write_bytes(b"x" * size)
+    return mirror, remote("d/f.bin", mirror / "d" / "f.bin")
+
+
+def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch):
+    mirror, spec = mirrored_file(tmp_path, 5_000_000)
     real_open = download._open
 
     class Breaks:
@@ -317,10 +322,7 @@ def test_sigterm_during_a_download_removes_the_partial_file(tmp_path, server):
 def test_disk_full_while_writing_a_download_says_so(tmp_path, monkeypatch):
     import errno
 
-    mirror = tmp_path / "mirror"
-    (mirror / "d").mkdir(parents=True)
-    (mirror / "d" / "f.bin").write_bytes(b"x" * 3_000_000)
-    spec = remote("d/f.bin", mirror / "d" / "f.bin")
+    mirror, spec = mirrored_file(tmp_path, 3_000_000)
     real_create = download._create_part
 
     class Full:
