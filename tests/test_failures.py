@@ -77,6 +77,15 @@ def test_more_epochs_extend_a_finished_run_and_say_so(tmp_path, capsys):
     assert summary["epochs"] == 3 and after[:2] == before and len(after) == 3
 
 
+def test_rerunning_a_finished_run_says_it_finished(tmp_path, capsys):
+    path = params_file(tmp_path, epochs=2)
+    Trainer(cfg_from(path), tmp_path / "run").run()
+    capsys.readouterr()
+    Trainer(cfg_from(path), tmp_path / "run").run()
+    err = capsys.readouterr().err
+    assert "the run finished at epoch 2; writing its outputs from the checkpoint" in err and "epoch 3" not in err
+
+
 # ---------------------------------------------------------------- evaluate against the run's record
 
 

@@ -43,6 +43,8 @@ def test_params_yaml_is_valid(params):
         (lambda p: p["profiles"]["smoke"]["eval"].update(K_by_dataset={"mnistt": 4}), "profiles.smoke.eval.K_by_dataset.mnistt: unknown data set"),
         (lambda p: p["profiles"]["smoke"]["substitute"].update(cifar10="cifar_fake"), "profiles.smoke.substitute.cifar10: unknown data set 'cifar_fake'"),
         (lambda p: p.pop("code_version"), "'code_version' is a required property"),
+        (lambda p: p["profiles"]["smoke"]["train"].update(lr="2e-3"),
+         "profiles.smoke.train.lr: '2e-3' is not of type 'number': YAML reads 2e-3 as a string (its floats need a dot, as in 2.0e-3)"),
     ],
 )
 def test_schema_errors_name_the_key(params, mutate, message):

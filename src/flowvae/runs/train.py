@@ -365,7 +365,9 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.load_checkpoint():
             s = self.state
-            print(f"{self.out}: resuming from checkpoint at epoch {s.epoch + 1}, step {s.step_in_epoch}", file=sys.stderr, flush=True)
+            where = (f"the run finished at epoch {s.epoch}; writing its outputs from the checkpoint" if s.finished
+                     else f"resuming from checkpoint at epoch {s.epoch + 1}, step {s.step_in_epoch}")
+            print(f"{self.out}: {where}", file=sys.stderr, flush=True)
         started_run = time.perf_counter()
         handlers = {}
         for sig in (signal.SIGTERM, signal.SIGUSR1):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -20,6 +21,14 @@ from flowvae.spec.variants import parse_variant
 
 class ParamsError(ValueError):
     """params.yaml cannot be read or breaks the schema; the message names the file and the key or line."""
+
+
+_YAML11_FLOAT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")  # 2e-3: a number to Python, a string to YAML 1.1
+
+
+def _as_yaml_float(text: str) -> str:
+    mantissa, exponent = re.split("[eE]", text)
+    return f"{mantissa}.0e{exponent}"
 
 
 def _path(parts) -> str:
@@ -61,6 +70,9 @@ def validate_params(
             fail(_path(where), f"name {e.instance!r} {said or 'does not match ' + repr(e.validator_value)}")
         if said:
             fail(_path(where), f"{e.instance!r} {said}")
+        if e.validator == "type" and isinstance(e.instance, str) and _YAML11_FLOAT.fullmatch(e.instance):
+            fail(_path(where), f"{e.message}: YAML reads {e.instance} as a string (its floats need a dot, as in "
+                               f"{_as_yaml_float(e.instance)})")
         fail(_path(where), e.message)
     profiles = params["profiles"]
     if params["profile"] not in profiles:
