@@ -74,7 +74,8 @@ def verify(params_file: str | Path, run_dir: str | Path, epochs: int | None = No
     record = read_json_object(folder.settings, remedy)
     if "settings" not in record:
         raise CorruptFileError(f"{folder.settings} holds no settings record; {remedy}")
-    if not _runs_the_recorded_code(record, source_state()):
+    here = source_state()
+    if not _runs_the_recorded_code(record, here):
         return _verify_elsewhere(record, folder, params_file, epochs, threads)
     params = load_params(params_file)
     settings = record["settings"]
@@ -88,7 +89,6 @@ def verify(params_file: str | Path, run_dir: str | Path, epochs: int | None = No
 
     with tempfile.TemporaryDirectory(prefix="flowvae-verify-") as tmp:
         rebuilt = RunFolder(Path(tmp))
-        here = source_state()
         Trainer(spec, rebuilt.root, threads=threads, progress=False, source=here).run()
         recorded_history = read_json_lines(folder.history, remedy)
         new_history = read_json_lines(rebuilt.history, "verify's own rebuild")
