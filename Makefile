@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
+# The suite runs its files on TEST_WORKERS processes (pytest-xdist), each file's tests in one process.
+TEST_WORKERS ?= 2
 TARGET ?= reports/quick/summary_mnist.md
 
 .PHONY: setup run test lint smoke bench clean-venv
@@ -19,7 +21,7 @@ run: setup
 	$(BIN)/snakemake --cores $(CORES) $(TARGET)
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 smoke: setup
 	$(BIN)/snakemake --cores $(CORES) --config profile=smoke -- reports/smoke/summary.md

@@ -101,7 +101,7 @@ CHANGES = {
     "an evaluation setting": (lambda p: p["profiles"]["smoke"]["eval"].update(K=4), {("evaluate", RUN1), ("evaluate", RUN6)} | TABLES),
     "resources": (lambda p: p["profiles"]["smoke"]["resources"].update(threads=2, mem_mb=1000, gpus=1), set()),
     "the ladder settings (no ladder run here)": (lambda p: p["profiles"]["smoke"]["ladder"].update(channels=4), set()),
-    "code_version": (lambda p: p.update(code_version=2), ALL_RUNS | TABLES),
+    "code_version": (lambda p: p.update(code_version=p["code_version"] + 1), ALL_RUNS | TABLES),
     "one table's budget": (lambda p: p["budgets"]["mnist_tables"]["profiles"].append("smoke"), ALL_RUNS | TABLES),
     "one table's spec": (lambda p: p["tables"]["table10"].update(title="renamed"), {("table", "table10")}),
     "the published numbers": ("published", TABLES),

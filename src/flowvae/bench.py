@@ -5,6 +5,7 @@
     python -m flowvae.bench --fast               # fewer repeats, no torch.compile
     python -m flowvae.bench --only gatedconv     # the Sylvester profile's gated-conv VAE, with IS timed as the Sylvester code does it
     python -m flowvae.bench --bf16-check RUN_DIR # |log p(x) change| with a bfloat16 decoder on a trained run
+    python -m flowvae.bench --flows --repeats 5  # the flow posteriors' training speed on the quick MLP, as a ratio to the VAE's
 
 The networks are those of params.yaml: the MLP of the quick profile, the ResNet and the ladder of the
 paper profile, the gated convolutions of the sylvester profile. The gated-conv rows also time importance
@@ -43,6 +44,7 @@ CIFAR = (3, 32, 32)
 VARIANTS = ("vae", "nf10", "rnvp5", "iaf_d2_w320")
 LADDERS = ("resvae_r4_iaf", "resvae_r20_iaf")
 GATED_VARIANTS = ("vae", "osnf4_m8")
+FLOW_VARIANTS = ("vae", "nf10", "rnvp5", "iaf_d2_w320", "osnf4_m8")
 # Each benchmarked network: the profile and the block of params.yaml it is read from.
 NETWORK_PROFILES = {"mlp": ("quick", "network"), "resnet": ("paper", "network"), "ladder": ("paper", "ladder"),
                     "gatedconv": ("sylvester", "network")}
@@ -229,6 +231,28 @@ COLUMNS = [
 ]
 
 
+def flow_speed(nets: dict[str, tuple[dict, int | None]], repeats: int, device, compiled: bool = False) -> list[dict]:
+    """Training images/s of each flow posterior on the quick MLP: the median of `repeats` rounds, each round timing
+    every variant once in turn (so that a slow spell of the machine hits all of them), and its ratio to the VAE's."""
+    net = nets["mlp"][0]
+    models = {}
+    for name in FLOW_VARIANTS:
+        torch.manual_seed(0)
+        models[name] = build_variant(name, net, MNIST, _likelihood(MNIST)).to(device)
+        models[name].initialize(torch.from_numpy(_images(MNIST, 16, True)).float().to(device))
+    rates: dict[str, list[float]] = {name: [] for name in FLOW_VARIANTS}
+    for _ in range(repeats):
+        for name, model in models.items():
+            rates[name].append(train_rate(model, MNIST, 100, 40, device, compiled=compiled))
+    vae = float(np.median(rates["vae"]))
+    rows = [{"model": name, "network": "mlp", "compiled": compiled, "train_images_per_s": float(np.median(r)),
+             "train_images_per_s_runs": r, "ratio_to_vae": float(np.median(r)) / vae} for name, r in rates.items()]
+    for row in rows:
+        print(f"{row['model']:<12} {row['train_images_per_s']:>9,.0f} images/s  {row['ratio_to_vae']:.2f}x the VAE"
+              f"  (median of {repeats}: {', '.join(f'{v:,.0f}' for v in row['train_images_per_s_runs'])})", flush=True)
+    return rows
+
+
 def _format(rows: list[dict], header: bool = True) -> str:
     lines = []
     if header:
@@ -302,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="reports/bench.json")
     ap.add_argument("--bf16-check", metavar="RUN_DIR", help="compare float32 and bfloat16 decoding on a trained run")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--flows", action="store_true", help="only the flow posteriors' training speed on the quick MLP, vs the VAE's")
+    ap.add_argument("--repeats", type=int, default=5, help="rounds for --flows (the median is reported)")
     ap.add_argument("--images", type=int, default=1000, help="test images for --bf16-check")
     ap.add_argument("--K", type=int, default=128, help="importance samples for --bf16-check")
     args = ap.parse_args(argv)
@@ -331,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"--train-modes: unknown {sorted(unknown)}; choose from bf16, compiled")
     print(f"device {info['device']}, {info['threads']} threads, torch {info['torch']}")
+    if args.flows:
+        rows = flow_speed(networks(args.params), args.repeats, device, compiled="compiled" in modes)
+        write_json(args.out, {**info, "flow_speed": rows})
+        print(f"wrote {args.out}")
+        return 0
     rows = run_benchmark(args.fast, not (args.fast or args.no_compile), device, networks(args.params), modes, args.only)
     write_json(args.out, {**info, "rows": rows})
     print(f"wrote {args.out}")

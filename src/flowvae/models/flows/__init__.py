@@ -5,7 +5,7 @@ from flowvae.models.flows.base import Chain, Flow, Identity
 from flowvae.models.flows.iaf import IAFStep, iaf
 from flowvae.models.flows.made import MADE, MaskedLinear
 from flowvae.models.flows.planar import Planar
-from flowvae.models.flows.realnvp import AffineCoupling, real_nvp
+from flowvae.models.flows.realnvp import AffineCoupling, RealNVP, real_nvp
 from flowvae.models.flows.sylvester import Sylvester
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Identity",
     "MaskedLinear",
     "Planar",
+    "RealNVP",
     "Sylvester",
     "iaf",
     "real_nvp",

@@ -91,10 +91,13 @@ class Sylvester(Flow):
         return (f"dim={self.dim}, steps={self.steps}, kind={self.kind}, {q[self.kind]}, "
                 f"context_size={self.context_size} (R, diagonals, Q, b from the encoder)")
 
-    def _step_params(self, context: Tensor, k: int) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
-        """Q (..., D, M) or None for the triangular kind, R1, R2 (..., M, M) and b (..., M) of step k."""
-        chunk = context[..., k * self.step_size : (k + 1) * self.step_size]
-        full, diag1, diag2, q_raw, b = chunk.split(self.sizes, dim=-1)
+    def _step_params(self, context: Tensor) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+        """Q (..., k, D, M) or None for the triangular kind, R1, R2 (..., k, M, M) and b (..., k, M) of every step.
+
+        All steps at once: Q's orthogonalization, the costliest part, runs one batched iteration for all k.
+        """
+        steps = context.unflatten(-1, (self.steps, self.step_size))
+        full, diag1, diag2, q_raw, b = steps.split(self.sizes, dim=-1)
         full = full.unflatten(-1, (self.m, self.m))
         r1 = full * self.upper + torch.diag_embed(torch.tanh(diag1))
         r2 = full.transpose(-1, -2) * self.upper + torch.diag_embed(torch.tanh(diag2))
@@ -105,6 +108,12 @@ class Sylvester(Flow):
         else:
             q = None
         return q, r1, r2, b
+
+    @staticmethod
+    def _step(params: tuple[Tensor | None, Tensor, Tensor, Tensor], k: int) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+        """Step k's Q, R1, R2 and b out of _step_params' stacks."""
+        q, r1, r2, b = params
+        return (None if q is None else q[..., k, :, :]), r1[..., k, :, :], r2[..., k, :, :], b[..., k, :]
 
     def _to_basis(self, z: Tensor, q: Tensor | None, k: int) -> Tensor:
         """Q^T z."""
@@ -127,8 +136,9 @@ class Sylvester(Flow):
     def forward(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         """Apply the k steps and return log|det|."""
         total = z.new_zeros(z.shape[:-1])
+        params = self._step_params(context)
         for k in range(self.steps):
-            q, r1, r2, b = self._step_params(context, k)
+            q, r1, r2, b = self._step(params, k)
             a = (self._to_basis(z, q, k).unsqueeze(-2) @ r2.transpose(-1, -2)).squeeze(-2) + b
             shift = (torch.tanh(a).unsqueeze(-2) @ r1.transpose(-1, -2)).squeeze(-2)
             z = z + self._from_basis(shift, q, k)
@@ -143,8 +153,9 @@ class Sylvester(Flow):
         y_i + r1_ii tanh(r2_ii y_i + c) = t, solved by bisection. Q's orthogonal complement is untouched.
         """
         total = z.new_zeros(z.shape[:-1])
+        params = self._step_params(context)
         for k in reversed(range(self.steps)):
-            q, r1, r2, b = self._step_params(context, k)
+            q, r1, r2, b = self._step(params, k)
             target = self._to_basis(z, q, k)
             y = torch.zeros_like(target)
             h = torch.zeros_like(target)
