@@ -7,7 +7,7 @@ CORES ?= 2
 TEST_WORKERS ?= 2
 TARGET ?= reports/quick/summary_mnist.md
 
-.PHONY: setup run test lint smoke bench clean-venv
+.PHONY: setup run test lint smoke bench gpu-check clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m flowvae.bench
+
+# On a CUDA machine (under 8 minutes): device, GPU bench, table 1 trainings with a time box, GPU vs CPU first steps,
+# all under reports/gpu/. Without CUDA it says so in one line and exits 0.
+gpu-check: setup
+	$(BIN)/python -m flowvae.gpucheck
 
 clean-venv:
 	rm -rf $(VENV)

@@ -213,3 +213,37 @@ def test_cancelled_slurm_training_resumes_on_rerun(tmp_path, slurm_cluster):
     # ...and the resubmitted job's log starts after them.
     logged = [int(e) for e in re.findall(r": epoch (\d+)/", (project / "logs/train/resume/binarized_mnist/vae/seed0.log").read_text())]
     assert logged and logged[0] > len(before) and logged[-1] == epochs
+
+
+def test_a_two_process_training_runs_as_one_slurm_job(tmp_path, slurm_cluster):
+    """resources.nproc: 2 on a CPU profile: one SLURM job (one task, 2 CPUs) in which `flowvae train` launches two
+    gloo processes; its weights are those of one process training on the same global batches."""
+    import torch
+
+    project = tmp_path / "project"
+    env = _env(project_copy(project))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    profile = copy.deepcopy(params["profiles"]["smoke"])
+    profile["train"].update(epochs=1)
+    profile["resources"].update(threads=2, nproc=2)
+    params["profiles"]["ddp"] = profile
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run = "results/ddp/binarized_mnist/vae/seed0"
+    on_slurm = subprocess.run([*SLURM_RUN, "--config", "profile=ddp", "--", f"{run}/model.safetensors"],
+                              cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    out = on_slurm.stdout + on_slurm.stderr
+    assert on_slurm.returncode == 0, _output(on_slurm, out)
+    train_jobs = [job_id for job_id, rule, _ in _submissions(out) if rule == "train"]
+    assert len(train_jobs) == 1 and _jobs_on_cluster()[train_jobs[0]][0] == "COMPLETED"
+    log = (project / "logs/train/ddp/binarized_mnist/vae/seed0.log").read_text()
+    assert "2 training processes (cpu)" in log, log[-3000:]
+
+    single = subprocess.run(
+        [str(BIN / "flowvae"), "train", "--profile", "ddp", "--dataset", "binarized_mnist", "--model", "vae",
+         "--nproc", "1", "--threads", "1", "--out", str(tmp_path / "single")],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    a = torch.load(project / run / "checkpoint/state.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "single/checkpoint/state.pt", weights_only=True)["model"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

@@ -18,6 +18,7 @@ and, on CPU, ends with the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import signal
@@ -46,6 +47,7 @@ from flowvae.runs.checkpoint import (
     save_weights,
     write_checkpoint,
 )
+from flowvae.runs import distributed
 from flowvae.runs.device import pick_device, seed_everything
 from flowvae.runs.inference import has_convolutions
 from flowvae.spec.layout import RunFolder
@@ -68,22 +70,41 @@ def curves_csv(history: list[dict]) -> str:
 _SUM_KEYS = ("loss", "neg_elbo", "recon", "kl")
 
 
-def make_loss_fn(model: LatentVariableModel, variant, amp: str = "none", compiled: bool = False):
+def make_loss_fn(model: LatentVariableModel, variant, amp: str = "none", compiled: bool = False,
+                 net: torch.nn.Module | None = None, ctx: distributed.Context = distributed.SINGLE):
     """f(x, beta) -> (loss to minimise, float64 tensor of loss, -ELBO, recon, KL): one training step's forward.
 
     amp "bf16" runs it under bfloat16 autocast; `compiled` wraps it in torch.compile. Nothing in it
-    waits for the device, so a training step never synchronises with the host.
+    waits for the device, so a training step never synchronises with the host. With several processes
+    (ctx), x is the global batch: the forward runs `net` (the DDP-wrapped model) on this process's shard,
+    its noise cut from the global batch's draw, and the terms are the shard's means.
     """
+    net = model if net is None else net
+    global_fb = ctx.enabled and model.free_bits > 0 and variant.objective == "elbo"
 
     def forward_loss(x: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
         with autocast:
-            out = model(x, n_samples=variant.objective_k)
-            loss = objective(out, variant.objective, beta=beta, free_bits=model.free_bits)
+            out = net(x, n_samples=variant.objective_k)
+            if global_fb and out.kl_groups is not None:  # free bits of the global batch, not of the shard
+                loss = objective(out, variant.objective, beta=beta)
+                kl = (out.log_qz - out.log_pz).mean()
+                loss.loss = loss.loss + beta * (distributed.global_free_bits(out.kl_groups, model.free_bits, ctx) - kl)
+            else:
+                loss = objective(out, variant.objective, beta=beta, free_bits=model.free_bits)
         terms = torch.stack([loss.loss.detach(), loss.neg_elbo, loss.recon, loss.kl]).double()
         return loss.loss, terms
 
-    return torch.compile(forward_loss) if compiled else forward_loss
+    step = torch.compile(forward_loss) if compiled else forward_loss
+    if not ctx.enabled:
+        return step
+
+    def shard_step(x: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, stop = ctx.shard(x.shape[0])
+        with distributed.GlobalDraws(variant.objective_k, start, stop, x.shape[0]):
+            return step(x[start:stop], beta)
+
+    return shard_step
 
 
 def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
@@ -100,8 +121,12 @@ def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def validate(model: LatentVariableModel, batches: Batches, seed: int) -> dict[str, float]:
-    """Validation -ELBO, reconstruction and KL per image (one posterior sample, beta = 1)."""
+def validate(model: LatentVariableModel, batches: Batches, seed: int, ctx: distributed.Context = distributed.SINGLE) -> dict[str, float]:
+    """Validation -ELBO, reconstruction and KL per image (one posterior sample, beta = 1).
+
+    With several processes each takes its share of every batch (noise cut from the batch's draw) and the
+    sums are added over the processes: every process gets the same numbers.
+    """
     was_training = model.training
     model.eval()
     device = batches.device
@@ -109,10 +134,16 @@ def validate(model: LatentVariableModel, batches: Batches, seed: int) -> dict[st
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for x in batches.epoch(0):
-            out = model(x, n_samples=1)
+            start, stop = ctx.shard(x.shape[0])
+            draws = distributed.GlobalDraws(1, start, stop, x.shape[0]) if ctx.enabled else contextlib.nullcontext()
+            if stop == start:  # a last batch smaller than the number of processes
+                continue
+            with draws:
+                out = model(x[start:stop], n_samples=1)
             recon = -out.log_px_z
             kl = out.log_qz - out.log_pz
             sums += torch.stack([(recon + kl).sum(), recon.sum(), kl.sum()]).double()
+    sums = ctx.sum(sums)
     model.train(was_training)
     neg_elbo, recon, kl = (sums / batches.n_images).tolist()
     return {"neg_elbo": neg_elbo, "recon": recon, "kl": kl}
@@ -133,6 +164,7 @@ class Trainer:
         max_minutes: float | None = None,
         compile_step: bool = False,
         source: SourceState | None = None,
+        ctx: distributed.Context = distributed.SINGLE,
     ) -> None:
         if on_change not in ("refuse", "restart"):
             raise ValueError(f"on_change must be refuse or restart, not {on_change!r}")
@@ -145,8 +177,12 @@ class Trainer:
         if threads is not None:
             torch.set_num_threads(threads)
         self.device = pick_device(device)
+        self.ctx = ctx  # several processes: this one's rank; rank 0 alone writes files
+        if ctx.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", ctx.local_rank)
+        distributed.check_batch(spec.train.batch_size, ctx.world)
         self.checkpoint_seconds = checkpoint_seconds
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and ctx.main
         self.on_change = on_change
         self.max_seconds = None if max_minutes is None else 60.0 * max_minutes
         self.stop_reason: str | None = None
@@ -158,31 +194,61 @@ class Trainer:
         if self.device.type == "cpu" and has_convolutions(self.model):
             # bench: 1.13x on the gated-conv VAE, no change on the ResNet VAE and the ladder (CPU, 2 threads)
             self.model.to(memory_format=torch.channels_last)
-        self.model.initialize(next(self.train_batches.epoch(0)))
+        self.model.initialize(next(self.train_batches.epoch(0)))  # every process on the same global batch
+        # What the step runs: the model, or with several processes the model in DDP (gradients averaged). DDP
+        # searches each step's graph for parameters without a gradient only where the model has some (the ladder).
+        self.net = self.model if not ctx.enabled else torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=distributed.has_unused_parameters(self.model, next(self.train_batches.epoch(0))[:2]))
         optimizer = torch.optim.Adamax if t.optimizer == "adamax" else torch.optim.Adam
         self.optimizer = optimizer(self.model.parameters(), lr=float(t.lr), betas=tuple(t.betas))
         self.ema = _copy(self.model.state_dict()) if t.ema > 0 else None
         self.state = TrainState()
-        self.forward_loss = make_loss_fn(self.model, spec.variant, t.amp, compile_step)
+        self.forward_loss = make_loss_fn(self.model, spec.variant, t.amp, compile_step, net=self.net, ctx=ctx)
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, sums: torch.Tensor | None = None) -> None:
         """Checkpoint the full training state (with the running epoch sums, if given)."""
         if sums is not None:
             self._store_sums(sums)
+        if not self.ctx.main:  # the processes hold the same state; rank 0 writes it
+            return
+        if self.device.type != "cuda":
+            rng_cuda = []
+        elif self.ctx.enabled:  # every process's generator of its own GPU is in the same state
+            rng_cuda = [torch.cuda.get_rng_state(self.device)]
+        else:
+            rng_cuda = torch.cuda.get_rng_state_all()
         write_checkpoint(self.folder, {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema,
             "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "rng_cuda": rng_cuda,
             "state": self.state.__dict__,
             "settings": json.dumps(self.record, sort_keys=True),
         })
 
+    def _read_checkpoint(self) -> tuple[dict | None, list]:
+        """read_checkpoint; with several processes rank 0 applies the policy (refuse, or move the old checkpoint
+        aside) before the others read what is left, and a refusal stops every process."""
+        if not self.ctx.enabled:
+            return read_checkpoint(self.folder, self.record, self.on_change, self.device)
+        failure = None
+        if self.ctx.main:
+            try:
+                read_checkpoint(self.folder, self.record, self.on_change, self.device)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the other processes know
+                failure = exc
+        if self.ctx.agree(failure is not None)[0]:
+            raise failure if failure is not None else RuntimeError(f"{self.out}: rank 0 could not resume this run (its message says why)")
+        quiet = contextlib.redirect_stderr(io.StringIO()) if not self.ctx.main else contextlib.nullcontext()
+        with quiet:  # rank 0 has said what the checkpoint policy did
+            return read_checkpoint(self.folder, self.record, "refuse", self.device)
+
     def load_checkpoint(self) -> bool:
         """Resume from the run's checkpoint if there is one it may continue (see checkpoint.py)."""
-        payload, changes = read_checkpoint(self.folder, self.record, self.on_change, self.device)
+        payload, changes = self._read_checkpoint()
         if payload is None:
             return False
         self.model.load_state_dict(payload["model"])
@@ -191,10 +257,17 @@ class Trainer:
             self.ema = {k: v.to(self.device) for k, v in payload["ema"].items()}
         torch.set_rng_state(payload["rng_cpu"].cpu())
         if self.device.type == "cuda" and payload["rng_cuda"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in payload["rng_cuda"]])
+            if self.ctx.enabled:  # the state of the GPU the run used (its first), on this process's GPU
+                torch.cuda.set_rng_state(payload["rng_cuda"][0].cpu(), self.device)
+            else:
+                torch.cuda.set_rng_state_all([s.cpu() for s in payload["rng_cuda"]])
         self.state = TrainState(**payload["state"])
+        if self.ctx.enabled and not self.ctx.main:  # each process adds its own images; rank 0 carries the sums so far
+            self.state.epoch_sums.update({k: 0.0 for k in _SUM_KEYS})
         if changes:
-            apply_new_budget(self.folder, self.state, self.train_settings, changes)
+            quiet = contextlib.redirect_stderr(io.StringIO()) if not self.ctx.main else contextlib.nullcontext()
+            with quiet:
+                apply_new_budget(self.folder, self.state, self.train_settings, changes)
         return True
 
 
@@ -211,8 +284,9 @@ class Trainer:
         return min(1.0, step / (warmup * len(self.train_batches)))
 
     def _store_sums(self, sums: torch.Tensor) -> None:
-        """Copy the device-side running sums (float64, exact as Python floats) into the checkpointable state."""
-        for key, value in zip(_SUM_KEYS, sums.tolist()):
+        """Copy the device-side running sums (float64, exact as Python floats) into the checkpointable state
+        (with several processes: their sum over the processes)."""
+        for key, value in zip(_SUM_KEYS, self.ctx.sum(sums).tolist()):
             self.state.epoch_sums[key] = value
 
     def _check_finite(self, window: list[torch.Tensor], first_step: int) -> None:
@@ -220,7 +294,7 @@ class Trainer:
         finite or whose KL exceeds KL_LIMIT."""
         if not window:
             return
-        terms = torch.stack(window)
+        terms = self.ctx.mean(torch.stack(window))  # the global batch's means: every process decides alike
         window.clear()
         good = (torch.isfinite(terms).all(1) & (terms[:, 3] <= KL_LIMIT)).tolist()
         if all(good):
@@ -249,11 +323,20 @@ class Trainer:
             self.stop_reason = f"time box of {self.max_seconds / 60:g} minutes reached"
         return self.stop_reason is not None
 
+    def _stop_now(self, message: str, sums: torch.Tensor | None = None) -> None:
+        """Checkpoint, mark the run stopped (for `flowvae status`), and raise TimeBoxReached on every process
+        once rank 0 has written both."""
+        self.save_checkpoint(sums)
+        if self.ctx.main:
+            write_json(self.folder.stopped, {"reason": self.stop_reason})
+        self.ctx.barrier()
+        raise TimeBoxReached(message)
+
     def train_epoch(self, started_run: float) -> None:
         """Run (the rest of) one epoch, checkpointing every few minutes; stop early on a time box or signal."""
         s = self.state
         started = last_save = time.perf_counter()
-        self.model.train()
+        self.net.train()
         # One running sum per epoch, continued from the checkpoint, so a resumed epoch adds in the same order.
         sums = torch.tensor([s.epoch_sums[k] for k in _SUM_KEYS], dtype=torch.float64, device=self.device)
         window: list[torch.Tensor] = []
@@ -270,27 +353,29 @@ class Trainer:
             if self.ema is not None:
                 _ema_update(self.ema, self.model, self.train_settings.ema)
             n = x.shape[0]
-            sums += terms * n
+            sums += terms * (n // self.ctx.world)  # this process's images (an equal shard of the batch)
             s.epoch_sums["n"] += n
             s.step_in_epoch += 1
             s.global_step += 1
             bar.update(1)
             now = time.perf_counter()
-            stop = self._should_stop(started_run)
-            if len(window) >= CHECK_EVERY or stop or now - last_save > self.checkpoint_seconds:
+            # every process stops, and checkpoints, after the same step
+            stop, save = self.ctx.agree(self._should_stop(started_run), now - last_save > self.checkpoint_seconds)
+            if stop and self.stop_reason is None:
+                self.stop_reason = "stopped by another training process (signal or time box)"
+            if len(window) >= CHECK_EVERY or stop or save:
                 self._check_finite(window, window_start)
                 window_start = s.step_in_epoch + 1
                 bar.set_postfix(neg_elbo=f"{terms[1].item():.2f}")
-            if stop or now - last_save > self.checkpoint_seconds:
+            if stop or save:
                 s.epoch_seconds += now - started
                 started = last_save = now
-                self.save_checkpoint(sums)
                 if stop:
                     bar.close()
-                    raise TimeBoxReached(
+                    self._stop_now(
                         f"{self.out}: {self.stop_reason}; checkpoint written at epoch {s.epoch + 1}, step {s.step_in_epoch}. "
-                        "Rerun the same command to continue"
-                    )
+                        "Rerun the same command to continue", sums)
+                self.save_checkpoint(sums)
         bar.close()
         self._check_finite(window, window_start)
         self._store_sums(sums)
@@ -303,10 +388,11 @@ class Trainer:
         if self.ema is not None:  # validate the EMA weights, then put the live ones back
             live = _copy(self.model.state_dict())
             self.model.load_state_dict(self.ema)
-        val = validate(self.model, self.valid_batches, self.spec.seed + 20_000)
+        val = validate(self.model, self.valid_batches, self.spec.seed + 20_000, self.ctx)
         improved = val["neg_elbo"] < s.best_score
         if improved:
-            save_weights(self.eval_weights(), self.folder.best)
+            if self.ctx.main:
+                save_weights(self.eval_weights(), self.folder.best)
             s.best_score, s.best_epoch, s.bad_epochs = val["neg_elbo"], s.epoch + 1, 0
         else:
             s.bad_epochs += 1
@@ -336,6 +422,8 @@ class Trainer:
         s.epoch_sums = new_epoch_sums()
         s.finished = s.budget_spent(self.train_settings)
         self.save_checkpoint()
+        if not self.ctx.main:
+            return
         self.write_history()
         if not self.progress:
             t = s.timings[-1]
@@ -367,7 +455,8 @@ class Trainer:
             s = self.state
             where = (f"the run finished at epoch {s.epoch}; writing its outputs from the checkpoint" if s.finished
                      else f"resuming from checkpoint at epoch {s.epoch + 1}, step {s.step_in_epoch}")
-            print(f"{self.out}: {where}", file=sys.stderr, flush=True)
+            if self.ctx.main:
+                print(f"{self.out}: {where}", file=sys.stderr, flush=True)
         started_run = time.perf_counter()
         handlers = {}
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -375,20 +464,23 @@ class Trainer:
                 handlers[sig] = signal.signal(sig, self._on_signal)
             except ValueError:  # not the main thread: no handlers
                 break
-        self.folder.stopped.unlink(missing_ok=True)
+        if self.ctx.main:
+            self.folder.stopped.unlink(missing_ok=True)
         try:
             while not self.state.finished:
-                if self.stop_reason is not None:  # a signal during validation; the time box is looked at after each step
-                    self.save_checkpoint()
-                    raise TimeBoxReached(f"{self.out}: {self.stop_reason}; checkpoint written at epoch {self.state.epoch}. Rerun the same command to continue")
+                # a signal during validation (on any process); the time box is looked at after each step
+                if self.ctx.agree(self.stop_reason is not None)[0]:
+                    self.stop_reason = self.stop_reason or "stopped by another training process (signal)"
+                    self._stop_now(f"{self.out}: {self.stop_reason}; checkpoint written at epoch {self.state.epoch}. "
+                                   "Rerun the same command to continue")
                 self.train_epoch(started_run)
                 self.end_epoch()
-        except TimeBoxReached:
-            write_json(self.folder.stopped, {"reason": self.stop_reason})  # `flowvae status` says "stopped" and why
-            raise
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+        self.ctx.barrier()  # rank 0's best weights are on disk
+        if not self.ctx.main:
+            return {"epochs": self.state.epoch, "best_epoch": self.state.best_epoch, "rank": self.ctx.rank}
         best = load_safetensors(self.folder.best, "the best weights of this run", rebuild_hint(self.folder))
         metadata = run_metadata(self.spec, self.state.best_epoch, self.source)
         if self.source.dirty:
