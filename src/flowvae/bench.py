@@ -5,6 +5,7 @@
     python -m flowvae.bench --fast               # fewer repeats, no torch.compile
     python -m flowvae.bench --only gatedconv     # the Sylvester profile's gated-conv VAE, with IS timed as the Sylvester code does it
     python -m flowvae.bench --bf16-check RUN_DIR # |log p(x) change| with a bfloat16 decoder on a trained run
+    python -m flowvae.bench --ais                # AIS cost: decoder gradient evaluations/s, s/image (MLP, ResNet, gated conv)
     python -m flowvae.bench --flows --repeats 5  # the flow posteriors' training speed on the quick MLP, as a ratio to the VAE's
 
 The networks are those of params.yaml: the MLP of the quick profile, the ResNet and the ladder of the
@@ -314,6 +315,37 @@ def amp_step_check(model: LatentVariableModel, variant, x: torch.Tensor) -> dict
             "abs_delta_loss": abs(losses["bf16"] - losses["none"]), "gradient_cosine": float(cosine)}
 
 
+AIS_NETWORKS = ("mlp", "resnet", "gatedconv")
+
+
+def ais_rows(nets: dict, device, T: int, L: int, S: int, n_images: int) -> list[dict]:
+    """AIS cost (runs/ais.py) of the vae variant on each of AIS_NETWORKS: decoder gradient evaluations per second
+    (each chain's log p(x|z) and its gradient) and seconds per image at T, L, S, timed on n_images random images."""
+    from flowvae.runs.ais import frozen_for_ais, model_ais
+
+    rows = []
+    for net_name in AIS_NETWORKS:
+        torch.manual_seed(0)
+        model = build_variant("vae", nets[net_name][0], MNIST, _likelihood(MNIST)).to(device)
+        x = torch.from_numpy(_images(MNIST, n_images, True)).float().to(device)
+        model.initialize(x)
+        frozen_for_ais(model)
+        model_ais(model, x[:1], 2, L, S, batch_size=n_images)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        r = model_ais(model, x, T, L, S, batch_size=n_images, generator=torch.Generator(device=device).manual_seed(0))
+        _sync(device)
+        seconds = time.perf_counter() - start
+        evaluations = n_images * S * r["gradient_evaluations_per_chain"]
+        row = {"model": "vae", "network": net_name, "T": T, "L": L, "S": S, "images": n_images,
+               "ais_gradient_evaluations_per_s": evaluations / seconds, "ais_seconds_per_image": seconds / n_images,
+               "accept_rate": float(r["accept_rate"].mean())}
+        print(f"AIS {net_name}: {row['ais_gradient_evaluations_per_s']:,.0f} decoder gradient evaluations/s, "
+              f"{row['ais_seconds_per_image']:.2f} s/image at T={T}, L={L}, S={S} ({n_images} images at once)", flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flowvae.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fast", action="store_true", help="fewer repeats and no torch.compile")
@@ -330,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="rounds for --flows (the median is reported)")
     ap.add_argument("--images", type=int, default=1000, help="test images for --bf16-check")
     ap.add_argument("--K", type=int, default=128, help="importance samples for --bf16-check")
+    ap.add_argument("--ais", action="store_true", help="time AIS instead (MLP, ResNet, gated conv; see --ais-T/L/S/images)")
+    ap.add_argument("--ais-T", type=int, default=500)
+    ap.add_argument("--ais-L", type=int, default=10)
+    ap.add_argument("--ais-S", type=int, default=16)
+    ap.add_argument("--ais-images", type=int, default=25, help="images annealed at once (ais.batch_size's default)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -357,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"--train-modes: unknown {sorted(unknown)}; choose from bf16, compiled")
     print(f"device {info['device']}, {info['threads']} threads, torch {info['torch']}")
+    if args.ais:
+        rows = ais_rows(networks(args.params), device, args.ais_T, args.ais_L, args.ais_S, args.ais_images)
+        out = "reports/bench_ais.json" if args.out == "reports/bench.json" else args.out  # the standard table's file stays
+        write_json(out, {**info, "ais_rows": rows})
+        print(f"wrote {out}")
+        return 0
     if args.flows:
         rows = flow_speed(networks(args.params), args.repeats, device, compiled="compiled" in modes)
         write_json(args.out, {**info, "flow_speed": rows})

@@ -23,3 +23,28 @@ rule evaluate:
     shell:
         "flowvae evaluate --params \"$FLOWVAE_PARAMS\" --profile {wildcards.profile} --dataset {wildcards.dataset}"
         " --model {wildcards.model} --seed {wildcards.seed} --threads {threads} > {log} 2>&1"
+
+
+rule ais:
+    """log p(x) by annealed importance sampling (runs/ais.py) on a seeded subset of the test images of one trained run."""
+    input:
+        model=rules.train.output.model,
+        settings=rules.train.output.settings,
+        data=rules.prepare.output,
+    output:
+        metrics=f"{RUN}/{layout.AIS_FILE}",
+        per_image=f"{RUN}/{layout.AIS_PER_IMAGE_FILE}",
+        timings=f"{RUN}/{layout.AIS_TIMINGS_FILE}",
+    params:
+        settings=lambda w: plan.param_values(config, plan.ais_param_keys(w.profile)),
+    log:
+        f"logs/ais/{RUN_LOG}",
+    threads: resource("threads")
+    resources:
+        mem_mb=resource("mem_mb"),
+        runtime=resource("runtime_min"),
+        gpu=resource("gpus"),
+        gpu_hundredths=gpu_share,
+    shell:
+        "flowvae evaluate --estimator ais --params \"$FLOWVAE_PARAMS\" --profile {wildcards.profile} --dataset {wildcards.dataset}"
+        " --model {wildcards.model} --seed {wildcards.seed} --threads {threads} > {log} 2>&1"

@@ -13,7 +13,9 @@ import pandas as pd
 
 from flowvae.files.errors import CorruptFileError
 from flowvae.files.jsonfiles import read_json_lines, read_json_object
-from flowvae.spec.layout import EVAL_FILE, EVAL_TIMINGS_FILE, HISTORY_FILE, PER_IMAGE_FILE, TIMINGS_FILE
+from flowvae.spec.layout import (
+    AIS_FILE, AIS_PER_IMAGE_FILE, EVAL_FILE, EVAL_TIMINGS_FILE, HISTORY_FILE, PER_IMAGE_FILE, TIMINGS_FILE,
+)
 
 RETRAIN_HISTORY = f"delete the run's {HISTORY_FILE} and rerun its training (it resumes from its checkpoint and writes the file again)"
 PUBLISHED_COLUMNS = ("source", "table", "dataset", "model", "metric", "value", "note", "status", "where")
@@ -69,6 +71,16 @@ def load_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
                 ev["_per_image"] = {name: arrays[name] for name in arrays.files}
         except (OSError, ValueError, EOFError) as exc:
             raise CorruptFileError(f"{per_image} is corrupt ({exc}); delete it and rerun the run's evaluation") from None
+    ais = Path(path).with_name(AIS_FILE)
+    if ais.is_file():  # the AIS evaluation beside it: the ais_neg_log_px and is_bias metrics
+        ev["ais"] = read_json_object(ais, "delete it and rerun `flowvae evaluate --estimator ais`")
+        ais_per_image = ais.with_name(AIS_PER_IMAGE_FILE)
+        if ais_per_image.is_file():
+            try:
+                with np.load(ais_per_image, allow_pickle=False) as arrays:
+                    ev["_ais_per_image"] = {name: arrays[name] for name in arrays.files}
+            except (OSError, ValueError, EOFError) as exc:
+                raise CorruptFileError(f"{ais_per_image} is corrupt ({exc}); delete it and rerun `flowvae evaluate --estimator ais`") from None
     for name, keys in ((EVAL_TIMINGS_FILE, ("eval_seconds", "is_samples_per_s")), (TIMINGS_FILE, ("train_minutes",))):
         beside = Path(path).with_name(name)
         if beside.is_file():

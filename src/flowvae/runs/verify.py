@@ -80,7 +80,7 @@ def verify(params_file: str | Path, run_dir: str | Path, epochs: int | None = No
     params = load_params(params_file)
     settings = record["settings"]
     block = profile_settings(params, settings["profile"])
-    spec = RunSpec.from_record(settings, EvalSettings.from_params(block["eval"]), Resources.from_params(block["resources"]),
+    spec = RunSpec.from_record(settings, EvalSettings.from_params({**block["eval"], "ais": block.get("ais")}), Resources.from_params(block["resources"]),
                                prepared_dir(params, settings["profile"], settings["dataset"]))
     if epochs is not None:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=min(epochs, spec.train.epochs)))

@@ -29,6 +29,9 @@ EVAL_FILE = "eval.json"
 EVAL_TIMINGS_FILE = "eval_timings.json"
 SAMPLES_FILE = "samples.npz"  # images and latent grids for the figures
 PER_IMAGE_FILE = "per_image.npz"  # float64 -log p(x) and -ELBO of every test image: what paired differences need
+AIS_FILE = "ais.json"  # `flowvae evaluate --estimator ais`: -log p(x) by annealed importance sampling (runs/ais.py)
+AIS_PER_IMAGE_FILE = "ais_per_image.npz"  # its test images' indices and float64 -log p(x)
+AIS_TIMINGS_FILE = "ais_timings.json"
 SOURCE_DIFF_FILE = "source.diff"  # uncommitted changes of the code that trained the run (--allow-dirty only)
 EVAL_SOURCE_DIFF_FILE = "eval_source.diff"  # the same for the code that evaluated it
 CHECKPOINT_DIR = "checkpoint"
@@ -91,6 +94,18 @@ class RunFolder:
     @property
     def per_image(self) -> Path:
         return self.root / PER_IMAGE_FILE
+
+    @property
+    def ais(self) -> Path:
+        return self.root / AIS_FILE
+
+    @property
+    def ais_per_image(self) -> Path:
+        return self.root / AIS_PER_IMAGE_FILE
+
+    @property
+    def ais_timings(self) -> Path:
+        return self.root / AIS_TIMINGS_FILE
 
     @property
     def source_diff(self) -> Path:

@@ -53,6 +53,27 @@ def _bpd_gap(ev: Mapping[str, Any]) -> Any:
     return None if elbo is None or nll is None else elbo - nll
 
 
+def _is_bias_values(ev: Mapping[str, Any]) -> Any:
+    """Per AIS image: IS -log p(x) minus AIS -log p(x) (the same test images, from per_image.npz and ais_per_image.npz)."""
+    per_image, ais = ev.get("_per_image"), ev.get("_ais_per_image")
+    if not isinstance(per_image, Mapping) or not isinstance(ais, Mapping) or "neg_log_px" not in per_image:
+        return None
+    return per_image["neg_log_px"][ais["index"]] - ais["neg_log_px"]
+
+
+def _is_bias(ev: Mapping[str, Any]) -> Any:
+    values = _is_bias_values(ev)
+    return None if values is None or len(values) == 0 else float(values.mean())
+
+
+def _is_bias_se(ev: Mapping[str, Any]) -> Any:
+    values = _is_bias_values(ev)
+    return None if values is None or len(values) < 2 else float(values.std(ddof=1) / len(values) ** 0.5)
+
+
+# Metrics read from ais.json (`flowvae evaluate --estimator ais`): a table that shows one needs the AIS evaluation.
+AIS_METRICS = ("ais_neg_log_px", "is_bias")
+
 METRICS: dict[str, Metric] = {
     m.key: m
     for m in (
@@ -74,6 +95,9 @@ METRICS: dict[str, Metric] = {
                shows_k=True),
         Metric("neg_log_px_nats", "-log p(x) (nats)", r"$-\log p(x)$ (nats)", _field("neg_log_px"), _field("neg_log_px_se")),
         Metric("gap_bits_per_dim", "gap (bits/dim)", "gap (bits/dim)", _bpd_gap, None, None, 3),
+        Metric("ais_neg_log_px", "-log p(x) (AIS)", r"$-\log p(x)$ (AIS)", _field("ais", "neg_log_px"),
+               _field("ais", "neg_log_px_se")),
+        Metric("is_bias", "IS - AIS", r"IS $-$ AIS", _is_bias, _is_bias_se, None, 3),
     )
 }
 ALIASES = {

@@ -68,7 +68,7 @@ class RunSpec:
             seed=int(seed),
             network=model_settings(fam, block),
             train=TrainSettings.from_params(train_block(params, profile, dataset, model)),
-            eval=EvalSettings.from_params(settings["eval"]),
+            eval=EvalSettings.from_params({**settings["eval"], "ais": settings.get("ais")}),
             resources=Resources.from_params(settings["resources"]),
             subset=copy.deepcopy(settings["subset"]),
             prepared_dir=prepared_dir(params, profile, dataset),

@@ -10,6 +10,7 @@ blocks (network, ladder, pixel_flow) also give the run's settings record its `ne
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from dataclasses import replace as dataclasses_replace
 from typing import Any
 
 
@@ -149,6 +150,54 @@ class TrainSettings:
         return _as_record(asdict(self))
 
 
+AIS_SCHEDULES = ("sigmoid", "linear")
+AIS_INITIALS = ("auto", "encoder", "prior")
+
+
+@dataclass(frozen=True)
+class AISSettings:
+    """profiles.<profile>.ais: annealed importance sampling (runs/ais.py), `flowvae evaluate --estimator ais`.
+
+    T intermediate distributions on the geometric path from the initial distribution to p(z) p(x|z), on a
+    sigmoidal schedule (Wu et al. 2017); one HMC transition of L leapfrog steps per temperature, with a step
+    size per image adapted towards target_accept; S independent chains per image; `images` test images
+    (a seeded random subset; 0: all). initial: encoder (the encoder's Gaussian), prior, or auto (encoder
+    where the family has one, else the prior).
+    """
+
+    T: int = 500
+    L: int = 10
+    S: int = 16
+    schedule: str = "sigmoid"
+    sigmoid_radius: float = 4.0  # the schedule's sigmoid runs over [-radius, radius] (Wu et al.: 4)
+    initial: str = "auto"
+    images: int = 500
+    batch_size: int = 25  # test images per AIS batch (S chains each)
+    step_size: float = 0.05  # initial leapfrog step size
+    target_accept: float = 0.65
+
+    @classmethod
+    def from_params(cls, block: dict[str, Any] | None) -> "AISSettings":
+        s = _from_block(cls, block, where="ais settings")
+        for key in ("T", "L", "S", "batch_size"):
+            _positive_int(getattr(s, key), f"ais setting {key}")
+        if isinstance(s.images, bool) or not isinstance(s.images, int) or s.images < 0:
+            raise ValueError(f"ais setting images must be a non-negative integer (0: all), not {s.images!r}")
+        if s.schedule not in AIS_SCHEDULES:
+            raise ValueError(f"ais setting schedule must be one of {list(AIS_SCHEDULES)}, not {s.schedule!r}")
+        if s.initial not in AIS_INITIALS:
+            raise ValueError(f"ais setting initial must be one of {list(AIS_INITIALS)}, not {s.initial!r}")
+        if not 0 < float(s.target_accept) < 1:
+            raise ValueError(f"ais setting target_accept must be in (0, 1), not {s.target_accept!r}")
+        for key in ("step_size", "sigmoid_radius"):
+            if not float(getattr(s, key)) > 0:
+                raise ValueError(f"ais setting {key} must be positive, not {getattr(s, key)!r}")
+        return s
+
+    def record(self) -> dict[str, Any]:
+        return _as_record(asdict(self))
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """profiles.<profile>.eval: what only the evaluation reads."""
@@ -161,10 +210,13 @@ class EvalSettings:
     max_batch: int | None = None  # samples per decoder pass (default: 2,000 convolutional, 20,000 otherwise)
     compile: bool = False  # torch.compile the decoder
     decoder_bf16: bool = False  # bfloat16 decoder (check its effect first: python -m flowvae.bench --bf16-check)
+    ais: AISSettings = field(default_factory=AISSettings)  # `flowvae evaluate --estimator ais`
 
     @classmethod
     def from_params(cls, block: dict[str, Any]) -> "EvalSettings":
-        return _from_block(cls, block)
+        block = dict(block or {})
+        ais = AISSettings.from_params(block.pop("ais", None))
+        return dataclasses_replace(_from_block(cls, block), ais=ais)
 
     def K_for(self, dataset: str) -> int:
         """K for one data set."""
@@ -178,7 +230,8 @@ class Resources:
     threads: int = 1
     mem_mb: int = 4000
     runtime_min: int = 120
-    gpus: int = 0  # GPUs per training or evaluation job
+    gpus: int = 0  # GPUs per training or evaluation job; above 1, a training runs data-parallel, one process per GPU
+    nproc: int = 1  # training processes on a CPU (data-parallel, gloo) when the job has no GPUs; --nproc overrides
     jobs_per_gpu: int = 1  # small runs sharing one GPU (Snakemake's gpu_hundredths resource)
     max_minutes: float | None = None  # time box of one `flowvae train` call: checkpoint and exit 75 after it
     compile_train: bool = False  # torch.compile the training step (pays on GPUs; a compile costs minutes on a CPU)
