@@ -27,6 +27,9 @@ rule table:
     input:
         evals=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.evaluate.output.metrics),
         per_image=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.evaluate.output.per_image),
+        # ais.json and its per-image values, for tables that show an AIS metric (ais_neg_log_px, is_bias)
+        ais=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.ais.output.metrics, rules.ais.output.per_image)
+        if plan.table_needs_ais(config, w.table) else [],
         # The models too: a model replaced or corrupted after its evaluation makes the table out of date, so
         # a failed re-evaluation can never leave an older table looking current.
         models=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.train.output.model),
@@ -86,7 +89,7 @@ rule figures:
         # "" for the full summary's figures, "_<name>" for each of params.yaml's summaries
         part="(?:%s)" % "|".join(plan.figures_name(s).removeprefix("figures") for s in plan.summary_names(config)),
     params:
-        spec=lambda w: plan.param_values(config, ["figures"]),
+        spec=lambda w: plan.param_values(config, plan.figures_param_keys(config, f"summary{w.part}")),
     log:
         "logs/report/{profile}/figures{part}.log",
     shell:
