@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import project_copy
 
@@ -52,3 +53,17 @@ def test_dvc_smoke_profile_end_to_end(tmp_path):
 
     shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], project, env)
     assert shown.returncode == 0 and "neg_log_px" in shown.stdout
+
+    # A row added to a table without `flowvae dvc-yaml`: the first stage DVC runs stops, naming the fix, and the
+    # table built before stays as it was.
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["tables"]["table1"]["rows"].append({"model": "nf2"})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    validated = run([str(BIN / "flowvae"), "validate"], project, env)
+    assert validated.returncode != 0 and "regenerate it with `flowvae dvc-yaml`" in validated.stderr
+    before = (project / "reports/smoke/table1.md").read_text()
+    result = run([str(BIN / "dvc"), "repro"], project, env)
+    assert result.returncode != 0
+    assert "dvc.yaml is out of date" in result.stdout + result.stderr
+    assert (project / "reports/smoke/table1.md").read_text() == before

@@ -84,3 +84,10 @@ def test_report_has_every_table_and_figure(tmp_path):
         assert record["labels"] == {"figure": kind, "data set": dataset}
         assert f"{kind.replace('_', ' ').capitalize()}, {dataset}" in record["caption"]
         assert "system-message" not in record["caption"]
+
+
+def test_generated_reports_and_plots_are_not_committed_by_accident():
+    repo = Path(__file__).resolve().parents[1]
+    paths = ["report.html", "report.zip", "dvc_plots/index.html"]
+    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=repo, capture_output=True, text=True)
+    assert ignored.stdout.split() == paths

@@ -82,7 +82,7 @@ def test_a_training_run_reports_its_epoch_speed_eta_and_best_validation(params, 
     assert s.eta_seconds == pytest.approx(7 * 32.0 - 10)  # 7 epochs left, less the 10 s into the 4th
     assert s.best_val_neg_elbo == pytest.approx(97.5)
     line = status.format_line(s)
-    assert "training   epoch 3/10  32 s/epoch  ETA <= 4 min  val -ELBO 97.50" in line
+    assert "training    epoch 3/10  32 s/epoch  ETA <= 4 min  val -ELBO 97.50" in line
 
 
 def test_without_early_stopping_the_eta_is_an_estimate_not_a_bound(params, tmp_path):
@@ -102,7 +102,7 @@ def test_a_run_whose_files_stopped_moving_is_stopped(params, tmp_path):
     assert s.eta_seconds == pytest.approx(7 * 32.0)  # the whole remaining epochs: nothing runs now
     assert s.idle_seconds == pytest.approx(3600)
     line = status.format_line(s)
-    assert "stopped    epoch 3/10  32 s/epoch  ETA <= 4 min  val -ELBO 97.50  idle 1 h 00 min, rerun to resume" in line
+    assert "stopped     epoch 3/10  32 s/epoch  ETA <= 4 min  val -ELBO 97.50  idle 1 h 00 min, rerun to resume" in line
 
 
 def test_stale_means_three_mean_epochs_and_at_least_ten_minutes(params, tmp_path):
@@ -141,9 +141,9 @@ def test_trained_and_evaluated_runs(params, tmp_path):
     t = run_status(params, PROFILE, trained, root=tmp_path, now=NOW)
     e = run_status(params, PROFILE, evaluated, root=tmp_path, now=NOW)
     assert (t.state, t.epochs_done, t.eta_seconds, t.best_val_neg_elbo) == ("trained", 6, 0.0, 95.0)
-    assert "trained    epoch 6/10  val -ELBO 95.00" in status.format_line(t)
+    assert "trained     epoch 6/10  val -ELBO 95.00" in status.format_line(t)
     assert (e.state, e.neg_log_px) == ("evaluated", 90.5234)
-    assert status.format_line(e).endswith("evaluated  -log p(x) 90.52")
+    assert status.format_line(e).endswith("evaluated   -log p(x) 90.52")
 
 
 def test_format_status_lists_every_run_and_totals(params, tmp_path):
@@ -183,12 +183,13 @@ def project(params, tmp_path):
 
 def test_main_filters_by_table(project, capsys):
     write_evaluated(project, Run("stripes", "rnvp2", 0), neg_log_px=91.0)
-    assert cli.main(["status", "--root", str(project), "--table", "t2"]) == 0
+    assert cli.main(["status", "--root", str(project), "--profile", PROFILE, "--table", "t2"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == ["stripes/rnvp2/seed0  evaluated  -log p(x) 91.00",
+    assert out == ["profile test (--profile)", "stripes/rnvp2/seed0  evaluated   -log p(x) 91.00",
                    f"1 run: 1 evaluated; spent {status.format_duration(212)} training and evaluating (summed over the runs)"]
     assert cli.main(["status", "--root", str(project)]) == 0
     out = capsys.readouterr().out.splitlines()
+    assert out.pop(0) == f"profile {PROFILE} (its run folders under results/{PROFILE} were written last; --profile to choose)"
     assert [line.split()[0] for line in out[:-1]] == [f"stripes/{m}/seed{s}" for m, s in
                                                       [("nf4", 0), ("rnvp2", 0), ("vae", 0), ("vae", 1), ("vae", 2)]]
     assert out[-1] == ("5 runs: 4 pending, 1 evaluated (pending runs not estimated); "
@@ -211,3 +212,53 @@ def test_watch_ends_when_every_run_is_evaluated_and_on_ctrl_c(project, capsys, m
     assert capsys.readouterr().out.count("1 run: 1 evaluated") == 1
     assert cli.main(["status", "--root", str(project), "--table", "t1", "--watch", "5"]) == 0  # Ctrl-C while waiting
     assert capsys.readouterr().out.count("4 runs: 4 pending") == 1
+
+
+def test_preparing_and_evaluating_runs(params, tmp_path):
+    pending, trained = Run("stripes", "nf4", 0), Run("stripes", "vae", 0)
+    log = tmp_path / "logs/prepare" / PROFILE / "stripes.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("")
+    touch(log, NOW - 30)
+    assert run_status(params, PROFILE, pending, root=tmp_path, now=NOW).state == "pending"  # its data are prepared
+    split = Path(tiny_params_prepared(params)) / "valid.npz"
+    split.rename(split.with_suffix(".part"))
+    assert run_status(params, PROFILE, pending, root=tmp_path, now=NOW).state == "preparing"
+    assert run_status(params, PROFILE, pending, root=tmp_path, now=NOW + 3600).state == "pending"  # a dead prepare
+
+    out = write_trained(tmp_path, trained, epochs=10)
+    touch(out / "model.safetensors", NOW - 86_400)
+    eval_log = tmp_path / "logs/evaluate" / PROFILE / "stripes/vae/seed0.log"
+    eval_log.parent.mkdir(parents=True)
+    eval_log.write_text("")
+    touch(eval_log, NOW - 60)
+    s = run_status(params, PROFILE, trained, root=tmp_path, now=NOW)
+    assert s.state == "evaluating" and "evaluating  epoch 10/10" in status.format_line(s)
+    touch(out / "model.safetensors", NOW)  # retrained after that evaluation log: not being evaluated
+    assert run_status(params, PROFILE, trained, root=tmp_path, now=NOW).state == "trained"
+
+
+def tiny_params_prepared(params: dict) -> str:
+    return f"{params['data']['prepared_dir']}/{PROFILE}/stripes"
+
+
+def test_without_profile_status_follows_the_build_written_last(params, tmp_path):
+    assert status.choose_profile(params, None, tmp_path) == (params["profile"], "the params file's profile")
+    params["profiles"]["smoke"] = params["profiles"][PROFILE]
+    older, newer = folder(tmp_path, Run("stripes", "vae", 0)), tmp_path / "results/smoke/stripes/vae/seed0"
+    newer.mkdir(parents=True)
+    touch(older, NOW - 100)
+    touch(newer, NOW)
+    assert status.choose_profile(params, None, tmp_path)[0] == "smoke"
+    touch(older, NOW + 100)
+    assert status.choose_profile(params, None, tmp_path)[0] == PROFILE
+    assert status.choose_profile(params, "smoke", tmp_path) == ("smoke", "--profile")
+
+
+def test_watch_ends_when_nothing_of_the_selection_moves(project, capsys, monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(status.time, "sleep", sleeps.append)
+    assert cli.main(["status", "--root", str(project), "--table", "t1", "--watch", "5"]) == 0
+    out = capsys.readouterr().out
+    assert len(sleeps) == status.IDLE_POLLS - 1 and out.count("4 runs: 4 pending") == status.IDLE_POLLS
+    assert "nothing of this selection moved for 3 polls" in out

@@ -52,6 +52,17 @@ def _params(args: argparse.Namespace) -> dict:
     return load_params(args.params, published=published if published.is_file() else None)
 
 
+def _refuse_stale_dvc_yaml(args: argparse.Namespace) -> None:
+    """Under `dvc repro` (DVC sets DVC_STAGE), a dvc.yaml that the params file no longer generates runs no stage."""
+    if "DVC_STAGE" not in os.environ or not getattr(args, "params", None):
+        return
+    from flowvae.pipeline.dvcgen import stale_dvc_yaml
+
+    stale = stale_dvc_yaml(_params(args), Path(os.environ.get("DVC_ROOT", ".")) / "dvc.yaml")
+    if stale:
+        raise ValueError(f"{stale}; stage {os.environ['DVC_STAGE']} was not run")
+
+
 def _params_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     p.add_argument("--profile", default=None, help="profile (default: the params file's `profile`)")
@@ -130,19 +141,57 @@ def _withdrawn_on_failure(params: dict, spec, folder: RunFolder):
         raise
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int | None:
+    from flowvae.runs import distributed
     from flowvae.runs.train import Trainer
 
     params, spec, folder = _resolve(args)
     source = _source(args)
     resources = spec.resources
     max_minutes = args.max_minutes if args.max_minutes is not None else resources.max_minutes
-    with _withdrawn_on_failure(params, spec, folder):
-        trainer = Trainer(
-            spec, folder.root, threads=args.threads, device=args.device, on_change=args.on_change,
-            max_minutes=max_minutes, compile_step=resources.compile_train, source=source,
-        )
-        print(json.dumps(trainer.run()))
+    ctx, device, threads = distributed.SINGLE, args.device, args.threads
+    if distributed.is_worker():  # one of several processes (started below, or by torchrun)
+        from flowvae.runs.device import pick_device
+
+        ctx, worker_device = distributed.init_worker(pick_device(args.device))
+        device = worker_device.type
+        threads = max(1, (threads or resources.threads) // ctx.local_world)
+    else:
+        plan = distributed.plan_processes(resources.gpus, resources.nproc, args.nproc, args.device)
+        if plan.world > 1:  # this process launches them, with torchrun's launcher, and waits
+            distributed.check_batch(spec.train.batch_size, plan.world)
+            with _withdrawn_on_failure(params, spec, folder):
+                status = distributed.launch(_worker_args(args, spec, folder, plan), plan, stopped=folder.stopped)
+                if status not in (0, EXIT_TIME_BOX):
+                    raise RuntimeError(f"{folder.root}: the training processes failed (exit {status})")
+            return status
+    try:
+        withdraw = _withdrawn_on_failure(params, spec, folder) if ctx.main else contextlib.nullcontext()
+        with withdraw:
+            trainer = Trainer(
+                spec, folder.root, threads=threads, device=device, on_change=args.on_change,
+                max_minutes=max_minutes, compile_step=resources.compile_train, source=source, ctx=ctx,
+            )
+            result = trainer.run()
+            if ctx.main:
+                print(json.dumps(result))
+    finally:
+        distributed.close(ctx)
+    return None
+
+
+def _worker_args(args: argparse.Namespace, spec, folder: RunFolder, plan) -> list[str]:
+    """The `python` arguments of each training process: this train command, resolved, as a worker."""
+    argv = ["-m", "flowvae.cli", "train", "--params", args.params, "--profile", spec.profile, "--dataset", args.dataset,
+            "--model", args.model, "--seed", str(args.seed), "--out", str(folder.root), "--on-change", args.on_change,
+            "--device", plan.device, "--nproc", str(plan.world)]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    if args.max_minutes is not None:
+        argv += ["--max-minutes", repr(args.max_minutes)]
+    if args.allow_dirty:
+        argv.append("--allow-dirty")
+    return argv
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -150,10 +199,74 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     params, spec, folder = _resolve(args)
     source = _source(args)
+    if args.estimator == "ais":  # ais.json beside eval.json; no table is withdrawn: eval.json stands
+        from flowvae.runs.ais import evaluate_ais
+
+        result = evaluate_ais(spec, folder.root, threads=args.threads, device=args.device, source=source)
+        keys = ("neg_log_px", "neg_log_px_se", "n_images", "accept_rate")
+        print(json.dumps({k: result[k] for k in keys}))
+        return
     with _withdrawn_on_failure(params, spec, folder):
         metrics = evaluate(spec, folder.root, threads=args.threads, device=args.device, source=source)
     keys = ("neg_elbo", "neg_log_px", "neg_log_px_se", "gap", "active_units", "K")
     print(json.dumps({k: metrics[k] for k in keys}))
+
+
+def _ais_overrides(args: argparse.Namespace, spec):
+    """The run's ais settings with the command line's overrides."""
+    import dataclasses
+
+    from flowvae.spec.settings import AISSettings
+
+    changes = {k: getattr(args, k) for k in ("T", "L", "S", "schedule", "initial") if getattr(args, k) is not None}
+    return AISSettings.from_params({**spec.eval.ais.record(), **changes}) if changes else spec.eval.ais
+
+
+def _ais_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--T", type=_int_at_least(1, "a positive number of temperatures"), default=None, help="default: ais.T")
+    p.add_argument("--L", type=_int_at_least(1, "a positive number of leapfrog steps"), default=None, help="default: ais.L")
+    p.add_argument("--S", type=_int_at_least(1, "a positive number of chains"), default=None, help="default: ais.S")
+    p.add_argument("--schedule", choices=["sigmoid", "linear"], default=None, help="default: ais.schedule")
+    p.add_argument("--initial", choices=["auto", "encoder", "prior"], default=None, help="default: ais.initial")
+    p.add_argument("--threads", type=_int_at_least(1, "a positive number of threads"), default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+
+
+def cmd_bdmc(args: argparse.Namespace) -> None:
+    import torch
+
+    from flowvae.files.atomic import write_json, write_npz
+    from flowvae.runs.ais import ais_settings_record, bdmc, load_trained, resolve_initial, spec_of_folder
+    from flowvae.runs.device import pick_device
+
+    spec = spec_of_folder(args.params, args.run_dir)
+    s = _ais_overrides(args, spec)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_trained(spec, args.run_dir, pick_device(args.device))
+    r = bdmc(model, args.images, s.T, s.L, s.S, s.schedule, s.sigmoid_radius, s.initial, s.step_size, s.target_accept,
+             s.batch_size, seed=args.seed)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "bdmc.json"
+    result = {"profile": spec.profile, "dataset": spec.dataset_name, "model": spec.variant.name, "seed": spec.seed,
+              "n_images": args.images, "simulation_seed": args.seed,
+              **{k: v for k, v in r.items() if k not in ("lower", "upper", "initial")},
+              "settings": ais_settings_record(s, resolve_initial(model, s.initial))}
+    write_npz(out.with_suffix(".npz"), {"lower": r["lower"], "upper": r["upper"]}, compress=True)
+    write_json(out, result)
+    print(json.dumps({k: result[k] for k in ("mean_lower", "mean_upper", "gap", "gap_se")}))
+
+
+def cmd_gaps(args: argparse.Namespace) -> None:
+    from flowvae.runs.ais import spec_of_folder
+    from flowvae.runs.gaps import GapSettings, inference_gaps
+
+    spec = spec_of_folder(args.params, args.run_dir)
+    settings = GapSettings(max_steps=args.max_steps, lr=args.lr, samples=args.samples, eval_samples=args.eval_samples,
+                           check_every=args.check_every, patience=args.patience, tol=args.tol)
+    r = inference_gaps(spec, args.run_dir, args.images, settings, _ais_overrides(args, spec), device=args.device,
+                       threads=args.threads, out=args.out)
+    keys = ("elbo_amortized", "elbo_optimised", "ais_log_px", "amortization_gap", "approximation_gap", "images_not_converged")
+    print(json.dumps({k: r[k] for k in keys}))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -180,8 +293,12 @@ def cmd_describe(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    _params(args)
-    print(f"{args.params}: valid")
+    from flowvae.pipeline.dvcgen import stale_dvc_yaml
+
+    stale = stale_dvc_yaml(_params(args), Path(args.params).parent / "dvc.yaml")
+    if stale:
+        raise ValueError(stale)
+    print(f"{args.params}: valid" + (" (dvc.yaml up to date)" if (Path(args.params).parent / "dvc.yaml").is_file() else ""))
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
@@ -202,6 +319,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
         "sample_files": [r.path(profile, samples_file) for r in runs],
         "out_dir": args.out_dir,
         "profile": profile,
+        "tables": plan.figure_tables(params, args.summary),  # curves per table: its rows, in its order
     }
     with atomic_path(args.executed, suffix=".ipynb") as tmp:
         papermill.execute_notebook(args.notebook, str(tmp), parameters=parameters, kernel_name="python3", progress_bar=False)
@@ -239,10 +357,11 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from flowvae.pipeline.status import follow
+    from flowvae.pipeline.status import choose_profile, follow
 
     params = load_params(args.params or Path(args.root) / "params.yaml")
-    return follow(params, args.profile or params["profile"], args.table, args.root, args.watch)
+    profile, why = choose_profile(params, args.profile, args.root)
+    return follow(params, profile, args.table, args.root, args.watch, why)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,11 +381,43 @@ def build_parser() -> argparse.ArgumentParser:
                         "refuse (default), or set the checkpoint aside and start over")
     p.add_argument("--max-minutes", type=_positive_float, default=None,
                    help="time box: checkpoint and exit 75 after this many minutes (default: resources.max_minutes)")
+    p.add_argument("--nproc", type=_int_at_least(1, "a positive number of processes"), default=None,
+                   help="train in this many CPU processes (data-parallel, gloo), each on its shard of every batch "
+                        "(default: resources.gpus processes on a CUDA machine when above 1, else resources.nproc)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="importance-sampled evaluation of a trained run into eval.json")
     _run_args(p)
+    p.add_argument("--estimator", choices=["is", "ais"], default="is",
+                   help="is: importance sampling into eval.json (default); ais: annealed importance sampling with the "
+                        "profile's ais settings into ais.json and ais_per_image.npz")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bdmc", help="bidirectional Monte Carlo: forward and reverse AIS on images simulated from a trained run")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a trained run's folder, e.g. results/quick/binarized_mnist/vae/seed0")
+    p.add_argument("--params", default="params.yaml", help="for ais and the data location (default: params.yaml)")
+    p.add_argument("--images", type=_int_at_least(1, "a positive number of images"), default=100, help="simulated images (default: 100)")
+    p.add_argument("--seed", type=_int_at_least(0, "a non-negative integer"), default=0, help="simulation and chain seed")
+    p.add_argument("--out", default=None, help="result JSON (default: RUN_DIR/bdmc.json; per-image bounds in the .npz beside it)")
+    _ais_args(p)
+    p.set_defaults(func=cmd_bdmc)
+
+    p = sub.add_parser("gaps", help="inference gaps: per-image L[q], optimised L[q*] and AIS log p(x) on test images of a trained run")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a trained run's folder")
+    p.add_argument("--params", default="params.yaml", help="for ais and the data location (default: params.yaml)")
+    p.add_argument("--images", type=_int_at_least(1, "a positive number of images"), default=100,
+                   help="test images: a seeded random subset (default: 100)")
+    p.add_argument("--out", default=None, help="result JSON (default: RUN_DIR/gaps.json; per-image values in the .npz beside it)")
+    p.add_argument("--max-steps", type=_int_at_least(1, "a positive number of steps"), default=2000)
+    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam's learning rate (default: 3e-3)")
+    p.add_argument("--samples", type=_int_at_least(1, "a positive number of samples"), default=16, help="samples per Adam step")
+    p.add_argument("--eval-samples", type=_int_at_least(1, "a positive number of samples"), default=256,
+                   help="fixed noise draws per image for L[q], the convergence checks and L[q*] (default: 256)")
+    p.add_argument("--check-every", type=_int_at_least(1, "a positive number of steps"), default=50)
+    p.add_argument("--patience", type=_int_at_least(1, "a positive number of checks"), default=4)
+    p.add_argument("--tol", type=float, default=0.01, help="nats: a smaller rise over `patience` checks is convergence")
+    _ais_args(p)
+    p.set_defaults(func=cmd_gaps)
 
     p = sub.add_parser("verify", help="retrain a run from its own settings record and compare its files byte for byte")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a finished run's folder, e.g. results/smoke/binarized_mnist/vae/seed0")
@@ -313,12 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="each run's state, epoch and ETA, read from the run folders (--watch to follow)")
     p.add_argument("--params", default=None, help="the params file (default: params.yaml under --root)")
-    p.add_argument("--profile", default=None, help="profile (default: the params file's `profile`)")
+    p.add_argument("--profile", default=None,
+                   help="profile (default: the one whose run folders were written last, else the params file's `profile`)")
     p.add_argument("--table", action="append", default=None, metavar="NAME",
                    help="only the runs of this table (repeatable; default: every run of every table and figure)")
     p.add_argument("--root", default=".", help="the project folder holding results/ and logs/ (default: .)")
     p.add_argument("--watch", type=_positive_float, default=None, metavar="SECONDS",
-                   help="reprint every SECONDS until every selected run is evaluated (Ctrl-C stops)")
+                   help="reprint every SECONDS until every selected run is evaluated, or none moved for 3 polls (Ctrl-C stops)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("validate", help="check params.yaml against the schema and every name it refers to")
@@ -330,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        _refuse_stale_dvc_yaml(args)
         status = args.func(args)
     except TimeBoxReached as exc:
         print(f"flowvae {args.command}: stopped: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from flowvae.pipeline import plan
+from flowvae.pipeline.targets import command_line_targets, unknown_targets_message
 from flowvae.spec import layout
 from flowvae.spec.datasets import SPLITS
 from flowvae.spec.layout import PUBLISHED_CSV, RUN_PATTERN, SOURCES_CSV, prepared_files
@@ -34,6 +35,10 @@ except ParamsError as exc:
 config.update(_params)
 
 PROFILE = config["profile"]
+# A mistyped target gets the valid patterns and the nearest names instead of "No rule to produce".
+_unknown = unknown_targets_message(config, command_line_targets(sys.argv))
+if _unknown:
+    raise WorkflowError(_unknown)
 # The rules call the `flowvae` command of the environment that runs Snakemake, with the params file in
 # $FLOWVAE_PARAMS: its path is in no rule's command or params, so that the same settings read from another
 # file (an identical copy) rerun nothing, and a path with spaces stays one argument.

@@ -12,11 +12,15 @@ Regenerate with `flowvae dvc-yaml` after editing the tables, seeds, budgets, sum
 from __future__ import annotations
 
 from itertools import groupby
+from pathlib import Path
 
 import yaml
 
 from flowvae.pipeline import plan
 from flowvae.spec.layout import (
+    AIS_FILE,
+    AIS_PER_IMAGE_FILE,
+    AIS_TIMINGS_FILE,
     CURVES_FILE,
     EVAL_FILE,
     EVAL_TIMINGS_FILE,
@@ -102,17 +106,33 @@ def dvc_stages(params: dict) -> dict:
             "metrics": [{f"{RUN}/{EVAL_FILE}": {"cache": False}}],
         },
     }
+    ais_runs = plan.ais_runs(params)
+    if ais_runs:  # only runs of tables that show an AIS metric
+        stages["ais"] = {
+            "foreach": _runs_foreach(ais_runs),
+            "do": {
+                "cmd": f"flowvae evaluate --estimator ais {run_args}",
+                "deps": [f"{RUN}/{MODEL_FILE}", f"{RUN}/{SETTINGS_FILE}", f"{prepared}/${{profile}}/${{item.dataset}}"],
+                "params": plan.ais_param_keys(PROFILE),
+                "outs": [f"{RUN}/{AIS_PER_IMAGE_FILE}", {f"{RUN}/{AIS_TIMINGS_FILE}": {"cache": False}}],
+                "metrics": [{f"{RUN}/{AIS_FILE}": {"cache": False}}],
+            },
+        }
     for table in plan.table_names(params):
         evals = [r.path(PROFILE, EVAL_FILE) for r in plan.table_runs(params, table)]
+        ais_files = [r.path(PROFILE, name) for r in plan.table_runs(params, table) for name in (AIS_FILE, AIS_PER_IMAGE_FILE)] \
+            if plan.table_needs_ais(params, table) else []
         stages[table] = {
             "cmd": (
                 f"flowvae report table --params params.yaml --profile ${{profile}} --table {table}"
                 f" --published {PUBLISHED_CSV} --out-md {REPORTS}/{table}.md --out-tex {REPORTS}/{table}.tex "
                 + " ".join(evals)
             ),
-            "deps": [PUBLISHED_CSV, SOURCES_CSV, *evals, *(r.path(PROFILE, PER_IMAGE_FILE) for r in plan.table_runs(params, table))],
+            "deps": [PUBLISHED_CSV, SOURCES_CSV, *evals, *(r.path(PROFILE, PER_IMAGE_FILE) for r in plan.table_runs(params, table)),
+                     *ais_files],
             "params": plan.table_param_keys(table),
-            "outs": _no_cache([f"{REPORTS}/{table}.md", f"{REPORTS}/{table}.tex"]),
+            # persist: DVC leaves the table in place while its stage runs, so a failed rebuild keeps the last one
+            "outs": [{p: {"cache": False, "persist": True}} for p in (f"{REPORTS}/{table}.md", f"{REPORTS}/{table}.tex")],
         }
         runs = plan.verify_runs(params, table)
         stages[f"verify_{table}"] = {
@@ -131,7 +151,7 @@ def dvc_stages(params: dict) -> dict:
                 f" --out-dir {figures} --executed {figures}.ipynb"
             ),
             "deps": [params["figures"]["notebook"], *run_files],
-            "params": ["figures"],
+            "params": plan.figures_param_keys(params, summary),
             "outs": _no_cache([figures, f"{figures}.ipynb"]),
         }
         tables = [f"{REPORTS}/{t}.md" for t in plan.summary_tables(params, summary)]
@@ -172,3 +192,11 @@ def dvc_plots(params: dict) -> list[dict]:
 def dvc_yaml_text(params: dict) -> str:
     """dvc.yaml's full text."""
     return HEADER + yaml.safe_dump(dvc_stages(params), sort_keys=False, width=1000)
+
+
+def stale_dvc_yaml(params: dict, path: Path) -> str | None:
+    """Why the dvc.yaml at path is not the one params generate (a row added without `flowvae dvc-yaml`), or None."""
+    path = Path(path)
+    if not path.is_file() or path.read_text() == dvc_yaml_text(params):
+        return None
+    return f"{path} is out of date with the params file (a table, run or data set changed): regenerate it with `flowvae dvc-yaml`"

@@ -8,6 +8,7 @@ here, so the two build the same DAG and rerun the same jobs after a change to pa
             (ladder for resvae runs), and the prepare keys;
 - evaluate: code_version and the profile's eval block (and, through its inputs, the trained model);
 - table:    its tables.<name> entry (and, through its inputs, the evaluations and published numbers);
+- figures:  the figures block and its summary page's tables.<name> entries (and, through its inputs, the runs' files);
 - resources, seeds of other runs, data.mirror: nothing.
 """
 
@@ -112,6 +113,29 @@ def summary_runs(params: dict, summary: str) -> list[Run]:
     return sorted(runs)
 
 
+def figure_tables(params: dict, summary: str) -> list[dict]:
+    """The groups the figures notebook draws curves for: each table of a summary page (name, title, data set,
+    units, its rows in order with their model and seeds), then the figures' 2-D latent models as `latent2d`."""
+    groups = []
+    for name in summary_tables(params, summary):
+        spec = params["tables"][name]
+        rows = [{"model": row["model"], "seeds": row_seeds(params, row)} for row in spec["rows"]]
+        groups.append({"name": name, "title": spec.get("title") or name, "dataset": spec["dataset"],
+                       "units": spec.get("units") or "nats", "rows": rows})
+    latent = (params.get("figures") or {}).get("latent2d")
+    if latent:
+        rows = [{"model": r.model, "seeds": [r.seed]} for r in figure_runs(params)]
+        groups.append({"name": "latent2d", "title": "The 2-D latent models of the latent density figure",
+                       "dataset": latent["dataset"], "units": "nats", "rows": rows})
+    return groups
+
+
+def figures_param_keys(params: dict, summary: str) -> list[str]:
+    """The params.yaml keys a summary page's figures depend on besides its runs' files: the figures block and
+    its tables (their titles, rows and units set the curves' figures)."""
+    return ["figures", *(key for name in summary_tables(params, summary) for key in table_param_keys(name))]
+
+
 def reports_with_run(params: dict, run: Run) -> list[str]:
     """The tables whose rows include `run`, and the summary pages that show one of them."""
     tables = [t for t in table_names(params) if run in table_runs(params, t)]
@@ -137,9 +161,26 @@ def train_param_keys(params: dict, run: Run, profile: str) -> list[str]:
     return own + budgets + prepare_param_keys(params, run.dataset, profile)
 
 
+def table_needs_ais(params: dict, table: str) -> bool:
+    """Whether a table shows a metric read from ais.json (spec/metrics.py's AIS_METRICS)."""
+    from flowvae.spec.metrics import AIS_METRICS
+
+    return any(m in AIS_METRICS for m in params["tables"][table].get("metrics") or [])
+
+
+def ais_runs(params: dict) -> list[Run]:
+    """The runs whose AIS evaluation (ais.json) a table reads, sorted."""
+    return sorted({r for t in table_names(params) if table_needs_ais(params, t) for r in table_runs(params, t)})
+
+
 def eval_param_keys(profile: str) -> list[str]:
     """The params.yaml keys an evaluation depends on besides its trained model."""
     return ["code_version", f"profiles.{profile}.eval"]
+
+
+def ais_param_keys(profile: str) -> list[str]:
+    """The params.yaml keys an AIS evaluation depends on besides its trained model (not the IS settings)."""
+    return ["code_version", f"profiles.{profile}.ais"]
 
 
 def table_param_keys(table: str) -> list[str]:

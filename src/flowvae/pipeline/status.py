@@ -1,14 +1,19 @@
-"""Progress of a build, read from the run folders: which runs are pending, training, stopped, trained or evaluated.
+"""Progress of a build, read from the run folders and the Snakemake logs: which runs are pending, preparing (their
+data set), training, stopped, trained, evaluating or evaluated.
 
 `flowvae status` prints one line per run and a totals line, e.g.
 
     binarized_mnist/iaf_d8_w1920/seed0  training   epoch 7/15  33 s/epoch  ETA <= 4 min  val -ELBO 96.12
     binarized_mnist/vae/seed0           evaluated  -log p(x) 90.52
 
-A run is "training" while its checkpoint, its train_timings.json or its Snakemake log moved within
+A run is "preparing" while the prepare log of its data set moves and the prepared files are not all there, and
+"evaluating" while its evaluation log, newer than its model, moved within 10 minutes. A run is "training" while its checkpoint, its train_timings.json or its Snakemake log moved within
 max(3 mean epochs, 10 minutes), and "stopped" when it has a checkpoint but nothing moved for longer (killed
 or time-boxed: rerunning the build resumes it). An ETA is the remaining epochs at the mean seconds per
 epoch so far; with early stopping (patience > 0) it is an upper bound, shown as "<=".
+
+Without --profile, `flowvae status` follows the build in progress: the profile whose run folders under results/
+were written last (else the params file's `profile`), named on its first line.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowvae.pipeline.plan import Run, all_runs, table_names, table_runs
-from flowvae.spec.layout import RunFolder, run_dir, train_log
+from flowvae.spec.layout import RunFolder, prepared_files, run_dir, train_log
 from flowvae.spec.params import profile_settings
 from flowvae.spec.run import RunSpec
 
-STATES = ("pending", "training", "stopped", "trained", "evaluated")
+STATES = ("pending", "preparing", "training", "stopped", "trained", "evaluating", "evaluated")
+IN_PROGRESS = ("preparing", "training", "evaluating")
+IDLE_POLLS = 3  # --watch ends when nothing was in progress for this many polls in a row
 STALE_AFTER_EPOCHS = 3  # a run is stopped when nothing moved for this many mean epochs...
 STALE_AFTER_MIN_SECONDS = 600.0  # ...and at least this long
 
@@ -142,10 +149,15 @@ def run_status(params: dict, profile: str, run: Run, root: str | Path = ".", now
     if evaluation:
         return RunStatus(state="evaluated", eta_seconds=0.0, neg_log_px=neg_log_px, **common)
     if folder.model.exists():
-        return RunStatus(state="trained", eta_seconds=0.0, **common)
+        log = _mtime(Path(root) / "logs" / "evaluate" / profile / run.dataset / run.model / f"seed{run.seed}.log")
+        evaluating = log is not None and log >= (_mtime(folder.model) or 0.0) and now - log <= STALE_AFTER_MIN_SECONDS
+        return RunStatus(state="evaluating" if evaluating else "trained", eta_seconds=0.0, **common)
 
     if not folder.root.is_dir():  # the trainer makes the folder as it starts
-        return RunStatus(state="pending", **common)
+        log = _mtime(Path(root) / "logs" / "prepare" / profile / f"{run.dataset}.log")
+        missing = any(not (Path(root) / f).is_file() for f in prepared_files(params, profile, run.dataset))
+        preparing = log is not None and missing and now - log <= STALE_AFTER_MIN_SECONDS
+        return RunStatus(state="preparing" if preparing else "pending", **common)
     checkpoint = _mtime(folder.state)
     epoch_end = _mtime(folder.timings)
     log = _mtime(train_log(profile, run.dataset, run.model, run.seed, root))
@@ -250,17 +262,45 @@ def selected_runs(params: dict, tables: list[str] | None = None) -> list[Run]:
     return sorted({run for table in tables for run in table_runs(params, table)})
 
 
-def follow(params: dict, profile: str, tables: list[str] | None, root: str | Path = ".", watch: float | None = None) -> int:
-    """Print the status once, or every `watch` seconds until every selected run is evaluated (`flowvae status`)."""
+def latest_profile(params: dict, root: str | Path = ".") -> str | None:
+    """The profile whose run folders under results/ were written last (a folder's time moves as files land in it)."""
+    times = {}
+    for profile in params["profiles"]:
+        stamps = [_mtime(p) for p in (Path(root) / "results" / profile).glob("*/*/seed*")]
+        stamps = [t for t in stamps if t is not None]
+        if stamps:
+            times[profile] = max(stamps)
+    return max(times, key=times.get) if times else None
+
+
+def choose_profile(params: dict, profile: str | None, root: str | Path = ".") -> tuple[str, str]:
+    """The profile to show and why: --profile, else the build last written under results/, else the params file's."""
+    if profile:
+        return profile, "--profile"
+    latest = latest_profile(params, root)
+    if latest:
+        return latest, f"its run folders under results/{latest} were written last; --profile to choose"
+    return params["profile"], "the params file's profile"
+
+
+def follow(params: dict, profile: str, tables: list[str] | None, root: str | Path = ".", watch: float | None = None,
+           why: str | None = None) -> int:
+    """Print the status once, or every `watch` seconds until every selected run is evaluated or nothing is in
+    progress for IDLE_POLLS polls in a row (`flowvae status`)."""
     profile_settings(params, profile)  # a clear error for an unknown profile
     runs = selected_runs(params, tables)
+    idle_polls = 0
     try:
         while True:
             statuses = [run_status(params, profile, r, root=root) for r in runs]
-            if watch:
-                print(f"{time.strftime('%H:%M:%S')}  profile {profile}")
+            stamp = f"{time.strftime('%H:%M:%S')}  " if watch else ""
+            print(f"{stamp}profile {profile}" + (f" ({why})" if why else ""))
             print(format_status(statuses), flush=True)
             if not watch or all(s.state == "evaluated" for s in statuses):
+                return 0
+            idle_polls = 0 if any(s.state in IN_PROGRESS for s in statuses) else idle_polls + 1
+            if idle_polls >= IDLE_POLLS:
+                print(f"nothing of this selection moved for {IDLE_POLLS} polls: the build is not running it, or it has finished")
                 return 0
             print(flush=True)
             time.sleep(watch)
