@@ -249,3 +249,17 @@ def test_evaluate_with_ais_writes_its_files_and_the_tables_read_them(tiny, tmp_p
         assert set(arrays.files) >= {"index", "elbo_amortized", "elbo_optimised", "ais_log_px"}
         assert len(arrays["index"]) == 4 and np.isfinite(arrays["ais_log_px"]).all()
         assert (arrays["elbo_optimised"] >= arrays["elbo_amortized"]).all()
+        per_image = {k: arrays[k] for k in ("elbo_amortized", "elbo_optimised", "ais_log_px")}
+
+    # Beside eval.json, gaps.json gives the inference-gap table its columns, each the mean of the per-image values.
+
+    (run / "gaps.json").write_text((tmp_path / "g.json").read_text())
+    ev = load_eval(run / "eval.json")
+    assert "source_diff_sha256" in ev["gaps"] and len(ev["gaps"]["commit"]) == 40  # recorded like eval.json
+    assert metric("neg_elbo_q").get(ev) == pytest.approx(-per_image["elbo_amortized"].mean(), abs=1e-9)
+    assert metric("neg_elbo_q_star").get(ev) == pytest.approx(-per_image["elbo_optimised"].mean(), abs=1e-9)
+    approximation = per_image["ais_log_px"] - per_image["elbo_optimised"]
+    assert metric("approximation_gap").get(ev) == pytest.approx(approximation.mean(), abs=1e-9)
+    assert metric("approximation_gap").se(ev) == pytest.approx(approximation.std(ddof=1) / 2, rel=1e-6)
+    assert metric("amortization_gap").get(ev) + metric("approximation_gap").get(ev) == pytest.approx(
+        metric("gaps_ais_neg_log_px").get(ev) * -1 - per_image["elbo_amortized"].mean(), abs=1e-9)

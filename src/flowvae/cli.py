@@ -261,10 +261,12 @@ def cmd_gaps(args: argparse.Namespace) -> None:
     from flowvae.runs.gaps import GapSettings, inference_gaps
 
     spec = spec_of_folder(args.params, args.run_dir)
-    settings = GapSettings(max_steps=args.max_steps, lr=args.lr, samples=args.samples, eval_samples=args.eval_samples,
-                           check_every=args.check_every, patience=args.patience, tol=args.tol)
-    r = inference_gaps(spec, args.run_dir, args.images, settings, _ais_overrides(args, spec), device=args.device,
-                       threads=args.threads, out=args.out)
+    block = dict(load_params(args.params)["profiles"][spec.profile]["gaps"])  # the profile's settings; the options win
+    images, batch_size = args.images or block.pop("images", 100), block.pop("batch_size", 25)
+    chosen = {k: getattr(args, k) for k in ("max_steps", "lr", "samples", "eval_samples", "check_every", "patience", "tol")}
+    settings = GapSettings(**{**block, **{k: v for k, v in chosen.items() if v is not None}})
+    r = inference_gaps(spec, args.run_dir, images, settings, _ais_overrides(args, spec), batch_size=batch_size,
+                       device=args.device, threads=args.threads, out=args.out, source=_source(args))
     keys = ("elbo_amortized", "elbo_optimised", "ais_log_px", "amortization_gap", "approximation_gap", "images_not_converged")
     print(json.dumps({k: r[k] for k in keys}))
 
@@ -405,18 +407,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gaps", help="inference gaps: per-image L[q], optimised L[q*] and AIS log p(x) on test images of a trained run")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a trained run's folder")
     p.add_argument("--params", default="params.yaml", help="for ais and the data location (default: params.yaml)")
-    p.add_argument("--images", type=_int_at_least(1, "a positive number of images"), default=100,
-                   help="test images: a seeded random subset (default: 100)")
+    p.add_argument("--images", type=_int_at_least(1, "a positive number of images"), default=None,
+                   help="test images: a seeded random subset (default: the profile's gaps.images, else 100)")
     p.add_argument("--out", default=None, help="result JSON (default: RUN_DIR/gaps.json; per-image values in the .npz beside it)")
-    p.add_argument("--max-steps", type=_int_at_least(1, "a positive number of steps"), default=2000)
-    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam's learning rate (default: 3e-3)")
-    p.add_argument("--samples", type=_int_at_least(1, "a positive number of samples"), default=16, help="samples per Adam step")
-    p.add_argument("--eval-samples", type=_int_at_least(1, "a positive number of samples"), default=256,
+    p.add_argument("--max-steps", type=_int_at_least(1, "a positive number of steps"), default=None)
+    p.add_argument("--lr", type=_positive_float, default=None, help="Adam's learning rate (default: 3e-3)")
+    p.add_argument("--samples", type=_int_at_least(1, "a positive number of samples"), default=None, help="samples per Adam step")
+    p.add_argument("--eval-samples", type=_int_at_least(1, "a positive number of samples"), default=None,
                    help="fixed noise draws per image for L[q], the convergence checks and L[q*] (default: 256)")
-    p.add_argument("--check-every", type=_int_at_least(1, "a positive number of steps"), default=50)
-    p.add_argument("--patience", type=_int_at_least(1, "a positive number of checks"), default=4)
-    p.add_argument("--tol", type=float, default=0.01, help="nats: a smaller rise over `patience` checks is convergence")
+    p.add_argument("--check-every", type=_int_at_least(1, "a positive number of steps"), default=None)
+    p.add_argument("--patience", type=_int_at_least(1, "a positive number of checks"), default=None)
+    p.add_argument("--tol", type=float, default=None, help="nats: a smaller rise over `patience` checks is convergence")
     _ais_args(p)
+    p.add_argument("--allow-dirty", action="store_true", help="run although the sources have uncommitted changes (recorded)")
     p.set_defaults(func=cmd_gaps)
 
     p = sub.add_parser("verify", help="retrain a run from its own settings record and compare its files byte for byte")

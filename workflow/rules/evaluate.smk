@@ -25,6 +25,30 @@ rule evaluate:
         " --model {wildcards.model} --seed {wildcards.seed} --threads {threads} > {log} 2>&1"
 
 
+rule gaps:
+    """Inference gaps (runs/gaps.py): L[q], the per-image optimum L[q*] and AIS log p(x) on a seeded test subset."""
+    input:
+        model=rules.train.output.model,
+        settings=rules.train.output.settings,
+        data=rules.prepare.output,
+    output:
+        metrics=f"{RUN}/{layout.GAPS_FILE}",
+        per_image=f"{RUN}/{layout.GAPS_PER_IMAGE_FILE}",
+    params:
+        settings=lambda w: plan.param_values(config, plan.gaps_param_keys(w.profile)),
+        folder=lambda w: RUN.format(**w),
+    log:
+        f"logs/gaps/{RUN_LOG}",
+    threads: resource("threads")
+    resources:
+        mem_mb=resource("mem_mb"),
+        runtime=resource("runtime_min"),
+        gpu=resource("gpus"),
+        gpu_hundredths=gpu_share,
+    shell:
+        "flowvae gaps {params.folder} --params \"$FLOWVAE_PARAMS\" --threads {threads} > {log} 2>&1"
+
+
 rule ais:
     """log p(x) by annealed importance sampling (runs/ais.py) on a seeded subset of the test images of one trained run."""
     input:

@@ -30,6 +30,8 @@ rule table:
         # ais.json and its per-image values, for tables that show an AIS metric (ais_neg_log_px, is_bias)
         ais=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.ais.output.metrics, rules.ais.output.per_image)
         if plan.table_needs_ais(config, w.table) else [],
+        gaps=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.gaps.output.metrics, rules.gaps.output.per_image)
+        if plan.table_needs_gaps(config, w.table) else [],
         # The models too: a model replaced or corrupted after its evaluation makes the table out of date, so
         # a failed re-evaluation can never leave an older table looking current.
         models=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.train.output.model),

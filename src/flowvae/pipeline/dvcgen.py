@@ -25,6 +25,8 @@ from flowvae.spec.layout import (
     EVAL_FILE,
     EVAL_TIMINGS_FILE,
     FIGURE_INPUTS,
+    GAPS_FILE,
+    GAPS_PER_IMAGE_FILE,
     HISTORY_FILE,
     MODEL_FILE,
     PER_IMAGE_FILE,
@@ -118,10 +120,24 @@ def dvc_stages(params: dict) -> dict:
                 "metrics": [{f"{RUN}/{AIS_FILE}": {"cache": False}}],
             },
         }
+    gaps_runs = plan.gaps_runs(params)
+    if gaps_runs:  # only runs of tables that show an inference-gap metric
+        stages["gaps"] = {
+            "foreach": _runs_foreach(gaps_runs),
+            "do": {
+                "cmd": f"flowvae gaps {RUN} --params params.yaml",
+                "deps": [f"{RUN}/{MODEL_FILE}", f"{RUN}/{SETTINGS_FILE}", f"{prepared}/${{profile}}/${{item.dataset}}"],
+                "params": plan.gaps_param_keys(PROFILE),
+                "outs": [f"{RUN}/{GAPS_PER_IMAGE_FILE}"],
+                "metrics": [{f"{RUN}/{GAPS_FILE}": {"cache": False}}],
+            },
+        }
     for table in plan.table_names(params):
         evals = [r.path(PROFILE, EVAL_FILE) for r in plan.table_runs(params, table)]
         ais_files = [r.path(PROFILE, name) for r in plan.table_runs(params, table) for name in (AIS_FILE, AIS_PER_IMAGE_FILE)] \
             if plan.table_needs_ais(params, table) else []
+        ais_files += [r.path(PROFILE, name) for r in plan.table_runs(params, table) for name in (GAPS_FILE, GAPS_PER_IMAGE_FILE)] \
+            if plan.table_needs_gaps(params, table) else []
         stages[table] = {
             "cmd": (
                 f"flowvae report table --params params.yaml --profile ${{profile}} --table {table}"

@@ -173,6 +173,23 @@ def ais_runs(params: dict) -> list[Run]:
     return sorted({r for t in table_names(params) if table_needs_ais(params, t) for r in table_runs(params, t)})
 
 
+def table_needs_gaps(params: dict, table: str) -> bool:
+    """Whether a table shows a metric read from gaps.json (spec/metrics.py's GAP_METRICS)."""
+    from flowvae.spec.metrics import GAP_METRICS
+
+    return any(m in GAP_METRICS for m in params["tables"][table].get("metrics") or [])
+
+
+def gaps_runs(params: dict) -> list[Run]:
+    """The runs whose inference gaps (gaps.json) a table reads, sorted."""
+    return sorted({r for t in table_names(params) if table_needs_gaps(params, t) for r in table_runs(params, t)})
+
+
+def gaps_param_keys(profile: str) -> list[str]:
+    """The params.yaml keys an inference-gap evaluation depends on besides its trained model."""
+    return ["code_version", f"profiles.{profile}.ais", f"profiles.{profile}.gaps"]
+
+
 def eval_param_keys(profile: str) -> list[str]:
     """The params.yaml keys an evaluation depends on besides its trained model."""
     return ["code_version", f"profiles.{profile}.eval"]

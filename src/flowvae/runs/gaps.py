@@ -137,7 +137,8 @@ def optimise_local(model: LatentVariableModel, x: Tensor, settings: GapSettings 
 
 
 def inference_gaps(spec, run_dir, n_images: int, settings: GapSettings = GapSettings(), ais_settings=None,
-                   batch_size: int = 25, device: str | None = None, threads: int | None = None, out: str | Path | None = None) -> dict:
+                   batch_size: int = 25, device: str | None = None, threads: int | None = None, out: str | Path | None = None,
+                   source=None) -> dict:
     """Per-image L[q], L[q*] and AIS log p(x) on a seeded random subset of n_images test images of a trained run.
 
     Writes `out` (default: the run folder's gaps.json) and the .npz beside it (index, elbo_amortized,
@@ -170,8 +171,12 @@ def inference_gaps(spec, run_dir, n_images: int, settings: GapSettings = GapSett
     log_px = ais["log_px"].double()
     amortization = arrays["elbo_optimised"] - arrays["elbo_amortized"]
     approximation = log_px - arrays["elbo_optimised"]
+    from flowvae.files import provenance
+    from flowvae.files.provenance import source_state
+
     result = {
         "profile": spec.profile, "dataset": spec.dataset_name, "model": spec.variant.name, "seed": spec.seed,
+        "code_version": spec.code_version, **provenance.record(source if source is not None else source_state()),
         "n_images": int(len(index)), "n_test": int(n_test),
         "elbo_amortized": float(arrays["elbo_amortized"].mean()), "elbo_optimised": float(arrays["elbo_optimised"].mean()),
         "ais_log_px": float(log_px.mean()),

@@ -73,6 +73,13 @@ def _is_bias_se(ev: Mapping[str, Any]) -> Any:
 
 # Metrics read from ais.json (`flowvae evaluate --estimator ais`): a table that shows one needs the AIS evaluation.
 AIS_METRICS = ("ais_neg_log_px", "is_bias")
+# Metrics read from gaps.json (`flowvae gaps`): a table that shows one needs the inference-gap evaluation.
+GAP_METRICS = ("neg_elbo_q", "neg_elbo_q_star", "gaps_ais_neg_log_px", "approximation_gap", "amortization_gap")
+
+
+def _negated(*path: str) -> Callable[[Mapping[str, Any]], Any]:
+    get = _field(*path)
+    return lambda ev: None if get(ev) is None else -get(ev)
 
 METRICS: dict[str, Metric] = {
     m.key: m
@@ -98,6 +105,14 @@ METRICS: dict[str, Metric] = {
         Metric("ais_neg_log_px", "-log p(x) (AIS)", r"$-\log p(x)$ (AIS)", _field("ais", "neg_log_px"),
                _field("ais", "neg_log_px_se")),
         Metric("is_bias", "IS - AIS", r"IS $-$ AIS", _is_bias, _is_bias_se, None, 3),
+        Metric("neg_elbo_q", "-L[q]", r"$-\mathcal{L}[q]$", _negated("gaps", "elbo_amortized"), None, "neg_elbo_q"),
+        Metric("neg_elbo_q_star", "-L[q*]", r"$-\mathcal{L}[q^*]$", _negated("gaps", "elbo_optimised"), None, "neg_elbo_q_star"),
+        Metric("gaps_ais_neg_log_px", "-log p(x) (AIS)", r"$-\log p(x)$ (AIS)", _negated("gaps", "ais_log_px"), None,
+               "neg_log_px_ais"),
+        Metric("approximation_gap", "approximation gap", "approximation gap", _field("gaps", "approximation_gap"),
+               _field("gaps", "approximation_gap_se"), "approximation_gap"),
+        Metric("amortization_gap", "amortization gap", "amortization gap", _field("gaps", "amortization_gap"),
+               _field("gaps", "amortization_gap_se"), "amortization_gap"),
     )
 }
 ALIASES = {
