@@ -98,40 +98,23 @@ def dvc_stages(params: dict) -> dict:
                                                             f"{RUN}/{HISTORY_FILE}", f"{RUN}/{CURVES_FILE}"])],
             },
         }
-    stages["evaluate"] = {
-        "foreach": _runs_foreach(runs),
-        "do": {
-            "cmd": f"flowvae evaluate {run_args}",
-            "deps": [f"{RUN}/{MODEL_FILE}", f"{RUN}/{SETTINGS_FILE}", f"{prepared}/${{profile}}/${{item.dataset}}"],
-            "params": plan.eval_param_keys(PROFILE),
-            "outs": [f"{RUN}/{SAMPLES_FILE}", f"{RUN}/{PER_IMAGE_FILE}", {f"{RUN}/{EVAL_TIMINGS_FILE}": {"cache": False}}],
-            "metrics": [{f"{RUN}/{EVAL_FILE}": {"cache": False}}],
-        },
-    }
-    ais_runs = plan.ais_runs(params)
-    if ais_runs:  # only runs of tables that show an AIS metric
-        stages["ais"] = {
-            "foreach": _runs_foreach(ais_runs),
-            "do": {
-                "cmd": f"flowvae evaluate --estimator ais {run_args}",
-                "deps": [f"{RUN}/{MODEL_FILE}", f"{RUN}/{SETTINGS_FILE}", f"{prepared}/${{profile}}/${{item.dataset}}"],
-                "params": plan.ais_param_keys(PROFILE),
-                "outs": [f"{RUN}/{AIS_PER_IMAGE_FILE}", {f"{RUN}/{AIS_TIMINGS_FILE}": {"cache": False}}],
-                "metrics": [{f"{RUN}/{AIS_FILE}": {"cache": False}}],
-            },
-        }
-    gaps_runs = plan.gaps_runs(params)
-    if gaps_runs:  # only runs of tables that show an inference-gap metric
-        stages["gaps"] = {
-            "foreach": _runs_foreach(gaps_runs),
-            "do": {
-                "cmd": f"flowvae gaps {RUN} --params params.yaml",
-                "deps": [f"{RUN}/{MODEL_FILE}", f"{RUN}/{SETTINGS_FILE}", f"{prepared}/${{profile}}/${{item.dataset}}"],
-                "params": plan.gaps_param_keys(PROFILE),
-                "outs": [f"{RUN}/{GAPS_PER_IMAGE_FILE}"],
-                "metrics": [{f"{RUN}/{GAPS_FILE}": {"cache": False}}],
-            },
-        }
+    run_deps = [f"{RUN}/{MODEL_FILE}", f"{RUN}/{SETTINGS_FILE}", f"{prepared}/${{profile}}/${{item.dataset}}"]
+
+    def per_run(runs_of_stage: list[plan.Run], cmd: str, keys: list[str], outs: list, metrics_file: str) -> dict:
+        """A stage run once per trained run: its command, the run's model and data, its params keys and outputs."""
+        return {"foreach": _runs_foreach(runs_of_stage),
+                "do": {"cmd": cmd, "deps": list(run_deps), "params": keys, "outs": outs,
+                       "metrics": [{f"{RUN}/{metrics_file}": {"cache": False}}]}}
+
+    stages["evaluate"] = per_run(runs, f"flowvae evaluate {run_args}", plan.eval_param_keys(PROFILE),
+                                 [f"{RUN}/{SAMPLES_FILE}", f"{RUN}/{PER_IMAGE_FILE}", {f"{RUN}/{EVAL_TIMINGS_FILE}": {"cache": False}}],
+                                 EVAL_FILE)
+    if plan.ais_runs(params):  # only runs of tables that show an AIS metric
+        stages["ais"] = per_run(plan.ais_runs(params), f"flowvae evaluate --estimator ais {run_args}", plan.ais_param_keys(PROFILE),
+                                [f"{RUN}/{AIS_PER_IMAGE_FILE}", {f"{RUN}/{AIS_TIMINGS_FILE}": {"cache": False}}], AIS_FILE)
+    if plan.gaps_runs(params):  # only runs of tables that show an inference-gap metric
+        stages["gaps"] = per_run(plan.gaps_runs(params), f"flowvae gaps {RUN} --params params.yaml", plan.gaps_param_keys(PROFILE),
+                                 [f"{RUN}/{GAPS_PER_IMAGE_FILE}"], GAPS_FILE)
     for table in plan.table_names(params):
         evals = [r.path(PROFILE, EVAL_FILE) for r in plan.table_runs(params, table)]
         ais_files = [r.path(PROFILE, name) for r in plan.table_runs(params, table) for name in (AIS_FILE, AIS_PER_IMAGE_FILE)] \

@@ -66,21 +66,13 @@ def load_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path}: eval.json lacks {missing}")
     per_image = Path(path).with_name(PER_IMAGE_FILE)
     if per_image.is_file():  # for paired differences between rows (report/paired.py)
-        try:
-            with np.load(per_image, allow_pickle=False) as arrays:
-                ev["_per_image"] = {name: arrays[name] for name in arrays.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise CorruptFileError(f"{per_image} is corrupt ({exc}); delete it and rerun the run's evaluation") from None
+        ev["_per_image"] = _arrays(per_image, "delete it and rerun the run's evaluation")
     ais = Path(path).with_name(AIS_FILE)
     if ais.is_file():  # the AIS evaluation beside it: the ais_neg_log_px and is_bias metrics
-        ev["ais"] = read_json_object(ais, "delete it and rerun `flowvae evaluate --estimator ais`")
-        ais_per_image = ais.with_name(AIS_PER_IMAGE_FILE)
-        if ais_per_image.is_file():
-            try:
-                with np.load(ais_per_image, allow_pickle=False) as arrays:
-                    ev["_ais_per_image"] = {name: arrays[name] for name in arrays.files}
-            except (OSError, ValueError, EOFError) as exc:
-                raise CorruptFileError(f"{ais_per_image} is corrupt ({exc}); delete it and rerun `flowvae evaluate --estimator ais`") from None
+        remedy = "delete it and rerun `flowvae evaluate --estimator ais`"
+        ev["ais"] = read_json_object(ais, remedy)
+        if ais.with_name(AIS_PER_IMAGE_FILE).is_file():
+            ev["_ais_per_image"] = _arrays(ais.with_name(AIS_PER_IMAGE_FILE), remedy)
     gaps = Path(path).with_name(GAPS_FILE)
     if gaps.is_file():  # the inference gaps beside it (`flowvae gaps`): the GAP_METRICS
         ev["gaps"] = read_json_object(gaps, "delete it and rerun `flowvae gaps` on the run folder")
@@ -90,6 +82,15 @@ def load_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
             timings = read_json_object(beside, "delete it and rerun the job that writes it")
             ev.update({k: timings[k] for k in keys if k in timings})
     return ev
+
+
+def _arrays(path: Path, remedy: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz file; CorruptFileError naming the file and the remedy if it does not read."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return {name: arrays[name] for name in arrays.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise CorruptFileError(f"{path} is corrupt ({exc}); {remedy}") from None
 
 
 def load_train_log(path: str | os.PathLike[str]) -> pd.DataFrame:
