@@ -198,3 +198,18 @@ def project_copy(dest: Path, rows_per_table: int = 2, latent2d_variants: int = 1
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
     return mirror
+
+
+def quadrature_log_px(model, x, half_width: float, points: int):
+    """log p(x) per image of a 2-D latent model (N(0, I) prior) by summing over a points x points grid on
+    [-half_width, half_width]^2: the exact value the estimators are checked against."""
+    import math
+
+    g = torch.linspace(-half_width, half_width, points, dtype=torch.float64)
+    step = (g[1] - g[0]).item()
+    grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        params = model.decoder(grid)
+        log_prior = -0.5 * (grid**2).sum(-1) - math.log(2 * math.pi)
+        return torch.stack([torch.logsumexp(model.likelihood.log_prob(params, x[i : i + 1]) + log_prior, 0) + 2 * math.log(step)
+                            for i in range(x.shape[0])])

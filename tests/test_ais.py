@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import quadrature_log_px
+
 from flowvae.data.batches import batches_for
 from flowvae.models.build import build_model, build_variant
 from flowvae.runs.ais import (
@@ -136,16 +138,8 @@ def test_ais_agrees_with_quadrature_on_a_2d_latent_decoder_where_a_poor_proposal
     torch.manual_seed(1)
     model = frozen_for_ais(build_model(cfg).double())
     x = next(batches_for(cfg, "test", 4, False, 0).epoch(0)).double()
-    g = torch.linspace(-6, 6, 301, dtype=torch.float64)
-    step = (g[1] - g[0]).item()
-    grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    exact = quadrature_log_px(model, x, 6.0, 301)
     with torch.no_grad():
-        params = model.decoder(grid)
-        log_prior = -0.5 * (grid**2).sum(-1) - math.log(2 * math.pi)
-        exact = torch.stack([
-            torch.logsumexp(model.likelihood.log_prob(params, x[i : i + 1]) + log_prior, 0) + 2 * math.log(step)
-            for i in range(x.shape[0])
-        ])
         # importance sampling from a deliberately poor proposal: N(2.5, 0.2^2) in each coordinate
         proposal = torch.distributions.Normal(torch.full((2,), 2.5, dtype=torch.float64), 0.2)
         zq = proposal.sample((2000,)).unsqueeze(1)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import quadrature_log_px
+
 from flowvae.runs.evaluate import LogMeanExp, active_units, evaluate, importance_sample, is_curve
 from flowvae.models.objectives import free_bits_kl, objective
 from flowvae.data.batches import batches_for
@@ -78,17 +80,8 @@ def test_is_agrees_with_quadrature_for_a_2d_latent(tiny):
     torch.manual_seed(1)
     model = build_model(cfg).double().eval()
     x = next(batches_for(cfg, "test", 4, False, 0).epoch(0)).double()
-    g = torch.linspace(-7, 7, 561, dtype=torch.float64)
-    step = (g[1] - g[0]).item()
-    zz = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    exact = quadrature_log_px(model, x, 7.0, 561)
     with torch.no_grad():
-        params = model.decoder(zz)
-        log_prior = -0.5 * (zz**2).sum(-1) - math.log(2 * math.pi)
-        exact = []
-        for i in range(x.shape[0]):
-            log_lik = model.likelihood.log_prob(params, x[i : i + 1].expand(zz.shape[0], -1, -1, -1))
-            exact.append(torch.logsumexp(log_lik + log_prior, 0) + 2 * math.log(step))
-        exact = torch.stack(exact)
         torch.manual_seed(2)
         acc = LogMeanExp(x.shape[0])
         for _ in range(10):
