@@ -20,7 +20,7 @@ from flowvae.pipeline import plan
 from flowvae.spec import families, run as run_module
 from flowvae.spec.layout import RUN_PATTERN, RunFolder, run_dir
 from flowvae.spec.run import RunSpec
-from flowvae.spec.settings import LadderSettings, NetworkSettings, PixelFlowSettings
+from flowvae.spec.settings import LadderSettings, NetworkSettings, PixelCNNSettings, PixelFlowSettings
 from flowvae.spec.variants import parse_variant, variant_sort_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_a_run_is_resolved_with_one_parse_of_its_name(monkeypatch, model: str) -
 def test_a_record_gives_back_the_same_run() -> None:
     params = _params()
     for dataset, model in [("binarized_mnist", "iaf_d2_w320"), ("cifar10", "resvae_r4_gauss"), ("mnist_8bit", "realnvp_s2_b2"),
-                           ("mnist_digits4", "nf4")]:
+                           ("mnist_digits4", "nf4"), ("binarized_mnist", "pixelcnn_l4_c32_gated")]:
         spec = RunSpec.resolve(params, "quick", dataset, model, 2)
         again = RunSpec.from_record(spec.record(), spec.eval, spec.resources, spec.prepared_dir)
         assert again == spec and again.record() == spec.record()
@@ -106,10 +106,11 @@ def test_each_family_reads_its_own_block() -> None:
     params = _params()
     assert isinstance(RunSpec.resolve(params, "quick", "cifar10", "resvae_r4_iaf", 0).network, LadderSettings)
     assert isinstance(RunSpec.resolve(params, "quick", "mnist_8bit", "realnvp_s2_b2", 0).network, PixelFlowSettings)
+    assert isinstance(RunSpec.resolve(params, "quick", "mnist_8bit", "pixelcnn_l2_c16", 0).network, PixelCNNSettings)
     digits = RunSpec.resolve(params, "quick", "mnist_digits4", "vae", 0).network
     assert isinstance(digits, NetworkSettings) and digits.z_dim == params["datasets"]["mnist_digits4"]["network"]["z_dim"]
     for fam in families.FAMILIES:
-        assert fam.block in ("network", "ladder", "pixel_flow")
+        assert fam.block in ("network", "ladder", "pixel_flow", "pixel_cnn")
         families.load(fam.builder)
         if fam.flow:
             families.load(fam.flow)

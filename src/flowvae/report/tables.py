@@ -367,6 +367,9 @@ def _network_text(spec) -> str:
         return f"bidirectional ResNet VAE of {s.channels} channels, {s.z_channels} latent maps per rung"
     if spec.family.block == "pixel_flow":
         return f"pixel real NVP with {s.channels}-feature s/t networks"
+    if spec.family.block == "pixel_cnn":
+        gated = "gated " if spec.variant.gated else ""
+        return f"{gated}PixelCNN of {spec.variant.steps} layers x {spec.variant.width} channels"
     if s.kind == "mlp":
         return f"MLP encoder and decoder ({s.layers} x {s.hidden} ELU units), {s.z_dim} latent units"
     if s.kind == "resnet":

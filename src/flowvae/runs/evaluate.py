@@ -125,7 +125,7 @@ def importance_sample(model, batches, K: int, device: torch.device, max_batch: i
         z_sum = z_sq = None
         raw = []
         if moment_points is None:
-            moment_points = max(1, LATENT_MOMENT_BUDGET // model.latent_dim)
+            moment_points = max(1, LATENT_MOMENT_BUDGET // max(1, model.latent_dim))
         keep = max(0, min(b, moment_points - seen))
         done = 0
         while done < K:
@@ -136,7 +136,7 @@ def importance_sample(model, batches, K: int, device: torch.device, max_batch: i
             sums["elbo"] += lw.sum(0)
             sums["recon"] += (-out.log_px_z).double().cpu().sum(0)
             if keep:
-                z = out.z[:, :keep].reshape(s, keep, -1).double().cpu()
+                z = out.z[:, :keep].flatten(2).double().cpu()
                 z_sum = z.sum(0) if z_sum is None else z_sum + z.sum(0)
                 z_sq = (z**2).sum(0) if z_sq is None else z_sq + (z**2).sum(0)
             selected = None if curve_images is None else torch.from_numpy(curve_images[seen : seen + b])
@@ -201,7 +201,7 @@ def figure_arrays(model, x: torch.Tensor, seed: int, n_prior: int = 64, n_interp
         "reconstructions": model.reconstruct(x).cpu().numpy(),
         "prior_samples": model.sample(n_prior).cpu().numpy(),
     }
-    n = min(n_interp, x.shape[0] // 2)
+    n = min(n_interp, x.shape[0] // 2) if model.latent_dim else 0  # an autoregressive model has no latent to interpolate
     if n:
         za, zb = model.encode_mean(x[:n]), model.encode_mean(x[n : 2 * n])
         t = torch.linspace(0, 1, steps, device=device).view(1, steps, 1)

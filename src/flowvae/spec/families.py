@@ -2,7 +2,7 @@
 model builder and the figures' ordering.
 
 Adding a family is one entry here plus its model module: the name pattern (a regular expression
-whose named groups fill Variant's `steps`, `width`, `fixed_sigma` and `ladder_posterior`), the
+whose named groups fill Variant's `steps`, `width`, `fixed_sigma`, `gated` and `ladder_posterior`), the
 profile block its settings come from, and where its builder lives. Builders are named as
 "module:function" strings so that this table, like all of spec/, loads without torch.
 """
@@ -24,7 +24,7 @@ class Family:
     name: str  # the Variant.family value
     pattern: str  # the variant names of this family, without the objective suffix
     grammar: str  # the same for people, e.g. "nf{k}"
-    block: str = "network"  # the profile block its settings come from: network | ladder | pixel_flow
+    block: str = "network"  # the profile block its settings come from: network | ladder | pixel_flow | pixel_cnn
     builder: str = FLOW_VAE  # "module:function"(variant, settings, image_shape, likelihood) -> LatentVariableModel
     flow: str = ""  # for FLOW_VAE: "module:function"(variant, latent_dim, settings) -> Flow
     objectives: bool = True  # takes the _elbo{k} / _iwae{k} suffix (a VAE); False: a density model
@@ -56,6 +56,14 @@ FAMILIES: tuple[Family, ...] = (
         "realnvp_s{scales}_b{blocks}",
         block="pixel_flow",
         builder="flowvae.models.pixelflow:build_pixel_flow",
+        objectives=False,
+    ),
+    Family(
+        "pixelcnn",
+        rf"pixelcnn_l(?P<steps>{N})_c(?P<width>{N})(?P<gated>_gated)?",
+        "pixelcnn_l{layers}_c{channels} | pixelcnn_l{layers}_c{channels}_gated",
+        block="pixel_cnn",
+        builder="flowvae.models.pixelcnn:build_pixelcnn",
         objectives=False,
     ),
 )

@@ -24,7 +24,7 @@ from flowvae.spec.variants import Variant, parse_variant
 
 
 def model_settings(fam: Family, block: dict[str, Any]) -> ModelSettings:
-    """A family's model settings (network, ladder or pixel flow) from a params block or a record."""
+    """A family's model settings (network, ladder, pixel flow or PixelCNN) from a params block or a record."""
     return MODEL_BLOCKS[fam.block].from_params(block)
 
 
@@ -39,7 +39,7 @@ class RunSpec:
     variant: Variant
     family: Family
     seed: int
-    network: ModelSettings  # the family's block: network, ladder or pixel_flow
+    network: ModelSettings  # the family's block: network, ladder, pixel_flow or pixel_cnn
     train: TrainSettings
     eval: EvalSettings
     resources: Resources
@@ -55,7 +55,7 @@ class RunSpec:
         variant = parse_variant(model)
         fam = family(variant.family)
         source = source_dataset(params, profile, dataset)
-        block = copy.deepcopy(settings[fam.block] or {})
+        block = copy.deepcopy(settings.get(fam.block) or {})
         if fam.block == "network":  # a data set may set its own network keys (e.g. a 2-D latent)
             block.update(params["datasets"][source].get("network", {}))
         return cls(

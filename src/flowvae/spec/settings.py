@@ -1,4 +1,4 @@
-"""Typed settings: every block of a profile (network, ladder, pixel flow, train, eval, resources), with
+"""Typed settings: every block of a profile (network, ladder, pixel flow, PixelCNN, train, eval, resources), with
 their defaults declared here once.
 
 params.yaml is validated against the schema first (schema.py); these classes then give the values
@@ -118,9 +118,34 @@ class PixelFlowSettings:
         return _as_record(asdict(self))
 
 
-ModelSettings = NetworkSettings | LadderSettings | PixelFlowSettings
+@dataclass(frozen=True)
+class PixelCNNSettings:
+    """profiles.<profile>.pixel_cnn: the PixelCNN's kernels (models/pixelcnn.py); layers and channels are in its name."""
+
+    first_kernel: int = 7  # van den Oord et al. 2016a (PixelRNN) Table 2: "7 x 7 conv mask A"
+    kernel: int = 3  # PixelRNN Table 2: "3 x 3 conv mask B" in the residual blocks
+
+    @classmethod
+    def from_params(cls, block: dict[str, Any]) -> "PixelCNNSettings":
+        s = _from_block(cls, block, where="pixel_cnn settings")
+        for key in ("first_kernel", "kernel"):
+            _positive_int(getattr(s, key), f"pixel_cnn setting {key}")
+            if getattr(s, key) % 2 == 0:
+                raise ValueError(f"pixel_cnn setting {key} must be odd (a kernel centred on its pixel), not {getattr(s, key)}")
+        return s
+
+    def record(self) -> dict[str, Any]:
+        return _as_record(asdict(self))
+
+
+ModelSettings = NetworkSettings | LadderSettings | PixelFlowSettings | PixelCNNSettings
 # A family's `block` (families.py) names one of these.
-MODEL_BLOCKS: dict[str, type] = {"network": NetworkSettings, "ladder": LadderSettings, "pixel_flow": PixelFlowSettings}
+MODEL_BLOCKS: dict[str, type] = {
+    "network": NetworkSettings,
+    "ladder": LadderSettings,
+    "pixel_flow": PixelFlowSettings,
+    "pixel_cnn": PixelCNNSettings,
+}
 
 
 @dataclass(frozen=True)

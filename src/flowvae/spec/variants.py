@@ -32,8 +32,8 @@ GRAMMAR = (
     " | ".join(f.grammar for f in FAMILIES if f.objectives)
     + ", optionally followed by _elbo{k} or _iwae{k} (k samples in the training objective), or "
     + " | ".join(f.grammar for f in FAMILIES if not f.objectives)
-    + " (a pixel-space density model); every number a positive integer, "
-    "e.g. 'nf10', 'iaf_d2_w320', 'vae_iwae50', 'osnf16_m32', 'realnvp_s2_b4'"
+    + " (pixel-space density models); every number a positive integer, "
+    "e.g. 'nf10', 'iaf_d2_w320', 'vae_iwae50', 'osnf16_m32', 'realnvp_s2_b4', 'pixelcnn_l8_c64_gated'"
 )
 
 
@@ -43,10 +43,11 @@ class Variant:
 
     name: str
     family: str  # a name in the family table (families.py)
-    steps: int = 0  # planar, real-NVP or Sylvester steps, IAF depth, ResNet-VAE rungs or pixel real-NVP scales
-    width: int = 0  # MADE hidden width (IAF), residual blocks per s/t network (pixel real NVP),
+    steps: int = 0  # planar, real-NVP or Sylvester steps, IAF depth, ResNet-VAE rungs, pixel real-NVP scales or PixelCNN layers
+    width: int = 0  # MADE hidden width (IAF), residual blocks per s/t network (pixel real NVP), channels (PixelCNN),
     # columns of Q (osnf) or Householder reflections (hsnf)
     fixed_sigma: bool = False  # IAF with sigma fixed to 1
+    gated: bool = False  # the gated PixelCNN (vertical and horizontal stacks)
     ladder_posterior: str = ""  # gauss | iaf (resvae only)
     objective: str = "elbo"  # elbo | iwae
     objective_k: int = 1  # samples per data point in the training objective
