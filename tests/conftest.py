@@ -71,6 +71,7 @@ def tiny_params(root: Path, epochs: int = 3, **overrides) -> dict:
         "eval": {"K": 16, "batch_size": 16, "is_curve_points": 8, "curve_K": [1, 4, 16]},
         "ais": {},
         "gaps": {},
+        "sample_quality": {"samples": 16, "sets": 2, "classifier_epochs": 1, "batch_size": 16},
         "resources": {"threads": 1},
     }
     for key, value in overrides.items():  # training settings may be given flat: tiny_params(root, lr=1e-3)

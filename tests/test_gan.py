@@ -9,14 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flowvae.models.build import build_variant
 from flowvae.models.gan import (
     DiscriminatorMLP,
-    GANSettings,
     GeneratorMLP,
     discriminator_loss,
     generator_loss,
     train_step,
 )
+from flowvae.spec.settings import GANSettings
 
 
 @pytest.fixture(autouse=True)
@@ -39,9 +40,15 @@ def test_template_architecture_and_defaults():
     assert _linear_sizes(g) == [(100, 128), (128, 256), (256, 512), (512, 1024), (1024, 784)]
     assert [m.num_features for m in g.modules() if isinstance(m, nn.BatchNorm1d)] == [256, 512, 1024]
     assert _linear_sizes(d) == [(784, 512), (512, 256), (256, 1)]
-    assert (settings.lr, settings.batch_size, settings.epochs, settings.betas) == (2e-4, 64, 200, (0.9, 0.999))
-    with pytest.raises(ValueError):
-        GANSettings(label_noise=0.5)
+    assert (settings.dropout, settings.label_noise) == (0.3, 0.3)
+    # the family's builder makes the same networks from the settings
+    model = build_variant("gan", settings, (1, 28, 28), "bernoulli")
+    assert _linear_sizes(model.generator) == _linear_sizes(g) and _linear_sizes(model.discriminator) == _linear_sizes(d)
+    # the architecture only: optimiser, learning rate, batch size and epochs are the profile's train block
+    assert not {"lr", "betas", "batch_size", "epochs", "optimizer"} & set(vars(settings))
+    for bad in ({"label_noise": 0.5}, {"dropout": 1.0}, {"generator_hidden": []}):
+        with pytest.raises(ValueError):
+            GANSettings.from_params(bad)
 
 
 def test_shapes_and_ranges():

@@ -20,7 +20,7 @@ from flowvae.pipeline import plan
 from flowvae.spec import families, run as run_module
 from flowvae.spec.layout import RUN_PATTERN, RunFolder, run_dir
 from flowvae.spec.run import RunSpec
-from flowvae.spec.settings import LadderSettings, NetworkSettings, PixelCNNSettings, PixelFlowSettings
+from flowvae.spec.settings import MODEL_BLOCKS, LadderSettings, NetworkSettings, PixelCNNSettings, PixelFlowSettings
 from flowvae.spec.variants import parse_variant, variant_sort_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,8 +110,9 @@ def test_each_family_reads_its_own_block() -> None:
     digits = RunSpec.resolve(params, "quick", "mnist_digits4", "vae", 0).network
     assert isinstance(digits, NetworkSettings) and digits.z_dim == params["datasets"]["mnist_digits4"]["network"]["z_dim"]
     for fam in families.FAMILIES:
-        assert fam.block in ("network", "ladder", "pixel_flow", "pixel_cnn")
-        families.load(fam.builder)
+        assert fam.block in MODEL_BLOCKS
+        for target in (fam.builder, fam.trainer, fam.evaluator):
+            families.load(target)
         if fam.flow:
             families.load(fam.flow)
 

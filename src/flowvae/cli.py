@@ -143,9 +143,10 @@ def _withdrawn_on_failure(params: dict, spec, folder: RunFolder):
 
 def cmd_train(args: argparse.Namespace) -> int | None:
     from flowvae.runs import distributed
-    from flowvae.runs.train import Trainer
+    from flowvae.spec.families import load
 
     params, spec, folder = _resolve(args)
+    Trainer = load(spec.family.trainer)
     source = _source(args)
     resources = spec.resources
     max_minutes = args.max_minutes if args.max_minutes is not None else resources.max_minutes
@@ -195,10 +196,14 @@ def _worker_args(args: argparse.Namespace, spec, folder: RunFolder, plan) -> lis
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from flowvae.runs.evaluate import evaluate
+    from flowvae.spec.families import load
 
     params, spec, folder = _resolve(args)
+    evaluate = load(spec.family.evaluator)
     source = _source(args)
+    if args.estimator == "ais" and spec.family.evaluator != "flowvae.runs.evaluate:evaluate":
+        raise ValueError(f"{spec.variant.name} has its own evaluation (`flowvae evaluate` without --estimator), which for "
+                         "the GAN already is AIS under a Gaussian observation model")
     if args.estimator == "ais":  # ais.json beside eval.json; no table is withdrawn: eval.json stands
         from flowvae.runs.ais import evaluate_ais
 
@@ -208,8 +213,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return
     with _withdrawn_on_failure(params, spec, folder):
         metrics = evaluate(spec, folder.root, threads=args.threads, device=args.device, source=source)
-    keys = ("neg_elbo", "neg_log_px", "neg_log_px_se", "gap", "active_units", "K")
-    print(json.dumps({k: metrics[k] for k in keys}))
+    keys = ("neg_elbo", "neg_log_px", "neg_log_px_se", "gap", "active_units", "K", "sigma")
+    print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
 
 
 def _ais_overrides(args: argparse.Namespace, spec):
@@ -269,6 +274,25 @@ def cmd_gaps(args: argparse.Namespace) -> None:
                        device=args.device, threads=args.threads, out=args.out, source=_source(args))
     keys = ("elbo_amortized", "elbo_optimised", "ais_log_px", "amortization_gap", "approximation_gap", "images_not_converged")
     print(json.dumps({k: r[k] for k in keys}))
+
+
+def cmd_classifier(args: argparse.Namespace) -> None:
+    from flowvae.runs.sample_quality import train_feature_classifier
+
+    params = _params(args)
+    record = train_feature_classifier(params, args.profile or params["profile"], args.dataset, threads=args.threads,
+                                      device=args.device, source=_source(args))
+    print(json.dumps({k: record[k] for k in ("dataset", "epochs", "test_accuracy")}))
+
+
+def cmd_sample_quality(args: argparse.Namespace) -> None:
+    from flowvae.runs.ais import spec_of_folder
+    from flowvae.runs.sample_quality import evaluate_sample_quality, sample_quality_settings
+
+    spec = spec_of_folder(args.params, args.run_dir)
+    settings = sample_quality_settings(load_params(args.params), spec.profile)
+    r = evaluate_sample_quality(spec, args.run_dir, settings, threads=args.threads, device=args.device, source=_source(args))
+    print(json.dumps({k: r[k] for k in ("model", "fcd", "fcd_se", "samples", "sets")}))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -421,6 +445,22 @@ def build_parser() -> argparse.ArgumentParser:
     _ais_args(p)
     p.add_argument("--allow-dirty", action="store_true", help="run although the sources have uncommitted changes (recorded)")
     p.set_defaults(func=cmd_gaps)
+
+    p = sub.add_parser("classifier", help="train a data set's feature classifier for the Fréchet classifier distance")
+    _params_arg(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--threads", type=_int_at_least(1, "a positive number of threads"), default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--allow-dirty", action="store_true", help="run although the sources have uncommitted changes (recorded)")
+    p.set_defaults(func=cmd_classifier)
+
+    p = sub.add_parser("sample-quality", help="the Fréchet classifier distance of a trained run's samples to the test images")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a trained run's folder")
+    p.add_argument("--params", default="params.yaml", help="for the sample_quality settings and the data location")
+    p.add_argument("--threads", type=_int_at_least(1, "a positive number of threads"), default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--allow-dirty", action="store_true", help="run although the sources have uncommitted changes (recorded)")
+    p.set_defaults(func=cmd_sample_quality)
 
     p = sub.add_parser("verify", help="retrain a run from its own settings record and compare its files byte for byte")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a finished run's folder, e.g. results/smoke/binarized_mnist/vae/seed0")

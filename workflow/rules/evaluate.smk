@@ -72,3 +72,49 @@ rule ais:
     shell:
         "flowvae evaluate --estimator ais --params \"$FLOWVAE_PARAMS\" --profile {wildcards.profile} --dataset {wildcards.dataset}"
         " --model {wildcards.model} --seed {wildcards.seed} --threads {threads} > {log} 2>&1"
+
+
+rule classifier:
+    """A data set's feature classifier (runs/sample_quality.py), trained on its training split and labels."""
+    input:
+        data=rules.prepare.output,
+    output:
+        weights=f"{layout.CLASSIFIER_PATTERN}/{layout.CLASSIFIER_WEIGHTS}",
+        record=f"{layout.CLASSIFIER_PATTERN}/{layout.CLASSIFIER_RECORD}",
+    params:
+        settings=lambda w: plan.param_values(config, plan.sample_quality_param_keys(w.profile)),
+    log:
+        "logs/classifier/{profile}/{dataset}.log",
+    threads: resource("threads")
+    resources:
+        mem_mb=resource("mem_mb"),
+        runtime=resource("runtime_min"),
+        gpu=resource("gpus"),
+        gpu_hundredths=gpu_share,
+    shell:
+        "flowvae classifier --params \"$FLOWVAE_PARAMS\" --profile {wildcards.profile} --dataset {wildcards.dataset}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule sample_quality:
+    """The Fréchet classifier distance of one trained run's samples to its test images (sample_quality.json)."""
+    input:
+        model=rules.train.output.model,
+        settings=rules.train.output.settings,
+        classifier=rules.classifier.output.weights,
+        data=rules.prepare.output,
+    output:
+        metrics=f"{RUN}/{layout.SAMPLE_QUALITY_FILE}",
+    params:
+        settings=lambda w: plan.param_values(config, plan.sample_quality_param_keys(w.profile)),
+        folder=lambda w: RUN.format(**w),
+    log:
+        f"logs/sample_quality/{RUN_LOG}",
+    threads: resource("threads")
+    resources:
+        mem_mb=resource("mem_mb"),
+        runtime=resource("runtime_min"),
+        gpu=resource("gpus"),
+        gpu_hundredths=gpu_share,
+    shell:
+        "flowvae sample-quality {params.folder} --params \"$FLOWVAE_PARAMS\" --threads {threads} > {log} 2>&1"

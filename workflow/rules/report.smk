@@ -32,6 +32,8 @@ rule table:
         if plan.table_needs_ais(config, w.table) else [],
         gaps=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.gaps.output.metrics, rules.gaps.output.per_image)
         if plan.table_needs_gaps(config, w.table) else [],
+        sample_quality=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.sample_quality.output.metrics)
+        if plan.table_needs_sample_quality(config, w.table) else [],
         # The models too: a model replaced or corrupted after its evaluation makes the table out of date, so
         # a failed re-evaluation can never leave an older table looking current.
         models=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.train.output.model),

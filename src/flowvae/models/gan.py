@@ -16,37 +16,16 @@ entropies are computed from them (log-sigmoid), which stays finite when D satura
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowvae.spec.settings import GANSettings
+from flowvae.spec.variants import Variant
+
 _SLOPE = 0.2  # LeakyReLU negative slope, template
-
-
-@dataclass(frozen=True)
-class GANSettings:
-    """Sizes and optimiser of the GAN; each default's source is named beside it."""
-
-    latent_dim: int = 100  # template --latent_dim
-    generator_hidden: tuple[int, ...] = (128, 256, 512, 1024)  # template's suggested generator
-    discriminator_hidden: tuple[int, ...] = (512, 256)  # template's suggested discriminator
-    dropout: float = 0.3  # seed line 165 uses dropout in D but gives no rate or position: our choice
-    label_noise: float = 0.3  # ganhacks trick 6: fake labels in [0, 0.3]; seed line 165 "noisy labels"
-    lr: float = 2e-4  # template --lr
-    betas: tuple[float, float] = (0.9, 0.999)  # template: torch.optim.Adam(..., lr=args.lr), PyTorch's default betas
-    batch_size: int = 64  # template --batch_size
-    epochs: int = 200  # template --n_epochs; seed line 169
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GAN dropout must lie in [0, 1), not {self.dropout!r}")
-        if not 0.0 <= self.label_noise < 0.5:
-            raise ValueError(f"GAN label_noise must lie in [0, 0.5), not {self.label_noise!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"GAN lr must be positive, not {self.lr!r}")
 
 
 class GeneratorMLP(nn.Module):
@@ -175,3 +154,32 @@ def train_step(
         "d_real": torch.sigmoid(real_logits).mean().item(),
         "d_fake": torch.sigmoid(fake_logits).mean().item(),
     }
+
+
+class GAN(nn.Module):
+    """The generator and the discriminator of one run; model.safetensors holds both (keys generator.*, discriminator.*)."""
+
+    def __init__(self, variant: Variant, settings: GANSettings, image_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.variant = variant
+        self.settings = settings
+        self.image_shape = tuple(image_shape)
+        self.latent_dim = settings.latent_dim
+        self.generator = GeneratorMLP(settings.latent_dim, self.image_shape, tuple(settings.generator_hidden))
+        self.discriminator = DiscriminatorMLP(self.image_shape, tuple(settings.discriminator_hidden), settings.dropout)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n generated images in [0, 1] (the generator in eval mode: batch norm with its running statistics)."""
+        was_training = self.generator.training
+        self.generator.eval()
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=generator.device if generator is not None else device)
+        images = self.generator.mean_image(z.to(device))
+        self.generator.train(was_training)
+        return images
+
+
+def build_gan(variant: Variant, settings: GANSettings, image_shape: tuple[int, int, int], likelihood: str) -> GAN:
+    """The family table's builder of `gan`; the data set's likelihood plays no part (the GAN has none)."""
+    return GAN(variant, settings, image_shape)

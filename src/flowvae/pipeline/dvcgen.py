@@ -21,6 +21,9 @@ from flowvae.spec.layout import (
     AIS_FILE,
     AIS_PER_IMAGE_FILE,
     AIS_TIMINGS_FILE,
+    CLASSIFIER_PATTERN,
+    CLASSIFIER_RECORD,
+    CLASSIFIER_WEIGHTS,
     CURVES_FILE,
     EVAL_FILE,
     EVAL_TIMINGS_FILE,
@@ -31,6 +34,7 @@ from flowvae.spec.layout import (
     MODEL_FILE,
     PER_IMAGE_FILE,
     PUBLISHED_CSV,
+    SAMPLE_QUALITY_FILE,
     SOURCES_CSV,
     SAMPLES_FILE,
     SETTINGS_FILE,
@@ -115,12 +119,27 @@ def dvc_stages(params: dict) -> dict:
     if plan.gaps_runs(params):  # only runs of tables that show an inference-gap metric
         stages["gaps"] = per_run(plan.gaps_runs(params), f"flowvae gaps {RUN} --params params.yaml", plan.gaps_param_keys(PROFILE),
                                  [f"{RUN}/{GAPS_PER_IMAGE_FILE}"], GAPS_FILE)
+    for dataset in plan.classifier_datasets(params):
+        folder = CLASSIFIER_PATTERN.format(profile=PROFILE, dataset=dataset)
+        stages[f"classifier_{dataset}"] = {
+            "cmd": f"flowvae classifier --params params.yaml --profile ${{profile}} --dataset {dataset}",
+            "deps": [f"{prepared}/${{profile}}/{dataset}"],
+            "params": plan.sample_quality_param_keys(PROFILE),
+            "outs": [f"{folder}/{CLASSIFIER_WEIGHTS}", {f"{folder}/{CLASSIFIER_RECORD}": {"cache": False}}],
+        }
+    if plan.sample_quality_runs(params):  # only runs of tables that show the Fréchet classifier distance
+        stage = per_run(plan.sample_quality_runs(params), f"flowvae sample-quality {RUN} --params params.yaml",
+                        plan.sample_quality_param_keys(PROFILE), [], SAMPLE_QUALITY_FILE)
+        stage["do"]["deps"].append(f"{CLASSIFIER_PATTERN.format(profile=PROFILE, dataset='${item.dataset}')}/{CLASSIFIER_WEIGHTS}")
+        stages["sample_quality"] = stage
     for table in plan.table_names(params):
         evals = [r.path(PROFILE, EVAL_FILE) for r in plan.table_runs(params, table)]
         ais_files = [r.path(PROFILE, name) for r in plan.table_runs(params, table) for name in (AIS_FILE, AIS_PER_IMAGE_FILE)] \
             if plan.table_needs_ais(params, table) else []
         ais_files += [r.path(PROFILE, name) for r in plan.table_runs(params, table) for name in (GAPS_FILE, GAPS_PER_IMAGE_FILE)] \
             if plan.table_needs_gaps(params, table) else []
+        ais_files += [r.path(PROFILE, SAMPLE_QUALITY_FILE) for r in plan.table_runs(params, table)] \
+            if plan.table_needs_sample_quality(params, table) else []
         stages[table] = {
             "cmd": (
                 f"flowvae report table --params params.yaml --profile ${{profile}} --table {table}"

@@ -185,6 +185,28 @@ def gaps_runs(params: dict) -> list[Run]:
     return sorted({r for t in table_names(params) if table_needs_gaps(params, t) for r in table_runs(params, t)})
 
 
+def table_needs_sample_quality(params: dict, table: str) -> bool:
+    """Whether a table shows a metric read from sample_quality.json (spec/metrics.py's SAMPLE_QUALITY_METRICS)."""
+    from flowvae.spec.metrics import SAMPLE_QUALITY_METRICS
+
+    return any(m in SAMPLE_QUALITY_METRICS for m in params["tables"][table].get("metrics") or [])
+
+
+def sample_quality_runs(params: dict) -> list[Run]:
+    """The runs whose samples a table scores (sample_quality.json), sorted."""
+    return sorted({r for t in table_names(params) if table_needs_sample_quality(params, t) for r in table_runs(params, t)})
+
+
+def classifier_datasets(params: dict) -> list[str]:
+    """The data sets whose feature classifier a sample-quality evaluation needs."""
+    return sorted({r.dataset for r in sample_quality_runs(params)})
+
+
+def sample_quality_param_keys(profile: str) -> list[str]:
+    """The params.yaml keys a sample-quality evaluation (and a feature classifier) depends on besides its inputs."""
+    return ["code_version", f"profiles.{profile}.sample_quality"]
+
+
 def gaps_param_keys(profile: str) -> list[str]:
     """The params.yaml keys an inference-gap evaluation depends on besides its trained model."""
     return ["code_version", f"profiles.{profile}.ais", f"profiles.{profile}.gaps"]

@@ -1,4 +1,4 @@
-"""Fréchet classifier distance (FCD): a sample-quality metric for 1x28x28 images.
+"""Fréchet classifier distance (FCD): a sample-quality metric for images of a labelled data set.
 
 A small convnet is trained to classify the test domain's images (10 classes); its 128-d penultimate activations
 are the features. Each image set is summarised by the mean and covariance of its features, and two sets are
@@ -28,17 +28,18 @@ class FeatureClassifier(nn.Module):
 
     feature_dim = 128
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, image_shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
+        c, h, w = image_shape
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1),
+            nn.Conv2d(c, 32, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        self.feature = nn.Linear(64 * 7 * 7, self.feature_dim)
+        self.feature = nn.Linear(64 * (h // 4) * (w // 4), self.feature_dim)
         self.head = nn.Linear(self.feature_dim, num_classes)
 
     def features(self, x: Tensor) -> Tensor:
@@ -89,9 +90,9 @@ def train_classifier(
     in eval mode and one record per epoch: epoch (from 1), train_loss (mean over images), valid_accuracy.
     """
     torch.manual_seed(seed)
-    model = FeatureClassifier().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = _as_tensor(images), torch.as_tensor(labels).long()
+    model = FeatureClassifier(int(y.max()) + 1, tuple(x.shape[1:])).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     shuffle = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(1, epochs + 1):

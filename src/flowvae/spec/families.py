@@ -24,10 +24,12 @@ class Family:
     name: str  # the Variant.family value
     pattern: str  # the variant names of this family, without the objective suffix
     grammar: str  # the same for people, e.g. "nf{k}"
-    block: str = "network"  # the profile block its settings come from: network | ladder | pixel_flow | pixel_cnn
+    block: str = "network"  # the profile block its settings come from: network | ladder | pixel_flow | pixel_cnn | gan
     builder: str = FLOW_VAE  # "module:function"(variant, settings, image_shape, likelihood) -> LatentVariableModel
     flow: str = ""  # for FLOW_VAE: "module:function"(variant, latent_dim, settings) -> Flow
-    objectives: bool = True  # takes the _elbo{k} / _iwae{k} suffix (a VAE); False: a density model
+    objectives: bool = True  # takes the _elbo{k} / _iwae{k} suffix (a VAE); False: a density model or a GAN
+    trainer: str = "flowvae.runs.train:Trainer"  # "module:class"(spec, out, **options) with run() -> dict
+    evaluator: str = "flowvae.runs.evaluate:evaluate"  # "module:function"(spec, run_dir, **options) -> eval.json's dict
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -65,6 +67,16 @@ FAMILIES: tuple[Family, ...] = (
         block="pixel_cnn",
         builder="flowvae.models.pixelcnn:build_pixelcnn",
         objectives=False,
+    ),
+    Family(
+        "gan",
+        "gan",
+        "gan",
+        block="gan",
+        builder="flowvae.models.gan:build_gan",
+        objectives=False,
+        trainer="flowvae.runs.gan_training:GANTrainer",
+        evaluator="flowvae.runs.gan_evaluation:evaluate_gan",
     ),
 )
 

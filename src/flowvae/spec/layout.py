@@ -34,6 +34,11 @@ AIS_PER_IMAGE_FILE = "ais_per_image.npz"  # its test images' indices and float64
 AIS_TIMINGS_FILE = "ais_timings.json"
 GAPS_FILE = "gaps.json"  # `flowvae gaps`: L[q], L[q*] and AIS log p(x) on a seeded test subset (runs/gaps.py)
 GAPS_PER_IMAGE_FILE = "gaps.npz"  # their per-image float64 values
+SAMPLE_QUALITY_FILE = "sample_quality.json"  # `flowvae sample-quality`: the Fréchet classifier distance (runs/sample_quality.py)
+# A data set's feature classifier (`flowvae classifier`), beside its runs: results/{profile}/{dataset}/classifier/
+CLASSIFIER_PATTERN = "results/{profile}/{dataset}/classifier"
+CLASSIFIER_WEIGHTS = "classifier.safetensors"
+CLASSIFIER_RECORD = "classifier.json"  # its test accuracy, training history and provenance
 SOURCE_DIFF_FILE = "source.diff"  # uncommitted changes of the code that trained the run (--allow-dirty only)
 EVAL_SOURCE_DIFF_FILE = "eval_source.diff"  # the same for the code that evaluated it
 CHECKPOINT_DIR = "checkpoint"
@@ -45,6 +50,11 @@ BEST_FILE = f"{CHECKPOINT_DIR}/best.safetensors"
 TRAIN_OUTPUTS = (MODEL_FILE, SETTINGS_FILE, HISTORY_FILE, CURVES_FILE, TIMINGS_FILE)
 EVAL_OUTPUTS = (EVAL_FILE, EVAL_TIMINGS_FILE, SAMPLES_FILE, PER_IMAGE_FILE)
 FIGURE_INPUTS = (EVAL_FILE, HISTORY_FILE, SAMPLES_FILE)  # what the figures notebook reads of each run
+
+
+def classifier_dir(profile: str, dataset: str, root: str | Path = RESULTS_ROOT) -> Path:
+    """results/{profile}/{dataset}/classifier: the feature classifier of the Fréchet classifier distance."""
+    return Path(root) / profile / dataset / "classifier"
 
 
 def run_dir(profile: str, dataset: str, model: str, seed: int, root: str | Path = RESULTS_ROOT) -> Path:

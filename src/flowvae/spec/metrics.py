@@ -75,6 +75,8 @@ def _is_bias_se(ev: Mapping[str, Any]) -> Any:
 AIS_METRICS = ("ais_neg_log_px", "is_bias")
 # Metrics read from gaps.json (`flowvae gaps`): a table that shows one needs the inference-gap evaluation.
 GAP_METRICS = ("neg_elbo_q", "neg_elbo_q_star", "gaps_ais_neg_log_px", "approximation_gap", "amortization_gap")
+# Metrics read from sample_quality.json (`flowvae sample-quality`): a table that shows one needs its samples scored.
+SAMPLE_QUALITY_METRICS = ("fcd",)
 
 
 def _negated(*path: str) -> Callable[[Mapping[str, Any]], Any]:
@@ -113,6 +115,7 @@ METRICS: dict[str, Metric] = {
                _field("gaps", "approximation_gap_se"), "approximation_gap"),
         Metric("amortization_gap", "amortization gap", "amortization gap", _field("gaps", "amortization_gap"),
                _field("gaps", "amortization_gap_se"), "amortization_gap"),
+        Metric("fcd", "FCD", "FCD", _field("sample_quality", "fcd"), _field("sample_quality", "fcd_se"), "fcd"),
     )
 }
 ALIASES = {

@@ -1,4 +1,4 @@
-"""Typed settings: every block of a profile (network, ladder, pixel flow, PixelCNN, train, eval, resources), with
+"""Typed settings: every block of a profile (network, ladder, pixel flow, PixelCNN, GAN, train, eval, resources), with
 their defaults declared here once.
 
 params.yaml is validated against the schema first (schema.py); these classes then give the values
@@ -138,13 +138,44 @@ class PixelCNNSettings:
         return _as_record(asdict(self))
 
 
-ModelSettings = NetworkSettings | LadderSettings | PixelFlowSettings | PixelCNNSettings
+@dataclass(frozen=True)
+class GANSettings:
+    """profiles.<profile>.gan: the MLP GAN of seed 004_03d37b577c6a1cf6.txt (models/gan.py). Its optimiser, batch size
+    and epochs are the profile's train block (with budgets), like every other family's."""
+
+    latent_dim: int = 100  # a3_gan_template.py --latent_dim (the course template the seed's code follows)
+    generator_hidden: tuple[int, ...] = (128, 256, 512, 1024)  # a3_gan_template.py Generator's suggested layers
+    discriminator_hidden: tuple[int, ...] = (512, 256)  # a3_gan_template.py Discriminator's suggested layers
+    dropout: float = 0.3  # seed line 165: dropout in D "both during training and testing"; rate not given: a choice
+    label_noise: float = 0.3  # seed line 165 "noisy labels", after ganhacks trick 6 (fake labels in [0, 0.3])
+
+    @classmethod
+    def from_params(cls, block: dict[str, Any]) -> "GANSettings":
+        s = _from_block(cls, block, where="gan settings")
+        _positive_int(s.latent_dim, "gan setting latent_dim")
+        for key in ("generator_hidden", "discriminator_hidden"):
+            if not getattr(s, key):
+                raise ValueError(f"gan setting {key} must list at least one layer width")
+            for width in getattr(s, key):
+                _positive_int(width, f"gan setting {key} entry")
+        if not 0.0 <= float(s.dropout) < 1.0:
+            raise ValueError(f"gan setting dropout must lie in [0, 1), not {s.dropout!r}")
+        if not 0.0 <= float(s.label_noise) < 0.5:
+            raise ValueError(f"gan setting label_noise must lie in [0, 0.5), not {s.label_noise!r}")
+        return s
+
+    def record(self) -> dict[str, Any]:
+        return _as_record(asdict(self))
+
+
+ModelSettings = NetworkSettings | LadderSettings | PixelFlowSettings | PixelCNNSettings | GANSettings
 # A family's `block` (families.py) names one of these.
 MODEL_BLOCKS: dict[str, type] = {
     "network": NetworkSettings,
     "ladder": LadderSettings,
     "pixel_flow": PixelFlowSettings,
     "pixel_cnn": PixelCNNSettings,
+    "gan": GANSettings,
 }
 
 
@@ -177,6 +208,33 @@ class TrainSettings:
 
 AIS_SCHEDULES = ("sigmoid", "linear")
 AIS_INITIALS = ("auto", "encoder", "prior")
+
+
+@dataclass(frozen=True)
+class SampleQualitySettings:
+    """profiles.<profile>.sample_quality: the Fréchet classifier distance of a model's samples (runs/sample_quality.py).
+
+    `samples` images per model in `sets` equal sets, each set's distance to the test images' features; the table
+    shows their mean and its standard error. The feature classifier trains `classifier_epochs` epochs.
+    """
+
+    samples: int = 10_000
+    sets: int = 5
+    classifier_epochs: int = 5
+    batch_size: int = 500
+
+    @classmethod
+    def from_params(cls, block: dict[str, Any] | None) -> "SampleQualitySettings":
+        s = _from_block(cls, block, where="sample_quality settings")
+        for key in ("samples", "sets", "classifier_epochs", "batch_size"):
+            _positive_int(getattr(s, key), f"sample_quality setting {key}")
+        if s.sets < 2 or s.samples % s.sets or s.samples // s.sets < 2:
+            raise ValueError(f"sample_quality settings: samples ({s.samples}) must split into sets ({s.sets}, at least 2) "
+                             "of equal size, at least 2 images each (the standard error needs two sets)")
+        return s
+
+    def record(self) -> dict[str, Any]:
+        return _as_record(asdict(self))
 
 
 @dataclass(frozen=True)

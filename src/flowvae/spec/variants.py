@@ -32,7 +32,7 @@ GRAMMAR = (
     " | ".join(f.grammar for f in FAMILIES if f.objectives)
     + ", optionally followed by _elbo{k} or _iwae{k} (k samples in the training objective), or "
     + " | ".join(f.grammar for f in FAMILIES if not f.objectives)
-    + " (pixel-space density models); every number a positive integer, "
+    + " (pixel-space density models and the GAN); every number a positive integer, "
     "e.g. 'nf10', 'iaf_d2_w320', 'vae_iwae50', 'osnf16_m32', 'realnvp_s2_b4', 'pixelcnn_l8_c64_gated'"
 )
 
