@@ -142,6 +142,32 @@ def test_an_exact_flow_row_is_named_as_exact(published: pd.DataFrame) -> None:
     assert "K = 1," not in md and "K = 1 " not in md
 
 
+def test_a_pixelcnn_and_a_gan_row_say_how_their_likelihood_was_had(published: pd.DataFrame) -> None:
+    spec = {**SPEC, "rows": [{"model": "vae"}, {"model": "pixelcnn_l5_c32"}, {"model": "gan"}], "metrics": ["neg_log_px", "fcd"]}
+    evals = [_eval("vae", estimator="importance sampling", sample_quality={"fcd": 12.5, "fcd_se": 0.3}),
+             _eval("pixelcnn_l5_c32", K=1, estimator="exact", sample_quality={"fcd": 4.25, "fcd_se": 0.2}),
+             _eval("gan", estimator="ais_gaussian_observation", sigma=0.07, n_images=200, ais={"T": 200, "S": 8},
+                   sample_quality={"fcd": 2.5, "fcd_se": 0.1})]
+    md, _ = report.build_table("table13", spec, evals, published, CONTEXT)
+    assert "K = 128 samples per test image (Burda et al. 2016) for the VAEs." in md
+    assert "pixelcnn_l5_c32: an autoregressive model, its -log p(x) the exact discrete likelihood" in md
+    assert "gan: no likelihood of its own; -log p(x) by AIS (T = 200, 8 chains" in md and "σ = 0.07" in md
+    assert "a flow used as a density model" not in md
+    assert _column(md, "FCD") == ["12.50 ± 0.30", "4.25 ± 0.20", "2.50 ± 0.10"]
+
+
+def test_the_bdmc_gap_of_a_run_is_stated_in_the_caption(published: pd.DataFrame) -> None:
+    spec = {**SPEC, "rows": [{"model": "vae"}, {"model": "iaf_d2_w320"}], "metrics": ["neg_log_px", "ais_neg_log_px"]}
+    bdmc = {"n_images": 100, "gap": 0.4321, "gap_se": 0.0512, "settings": {"T": 200, "L": 5, "S": 8}}
+    ais = {"neg_log_px": 80.9, "neg_log_px_se": 0.1}
+    evals = [_eval("vae", bdmc=bdmc, ais=ais), _eval("iaf_d2_w320", ais=ais)]
+    md, _ = report.build_table("table1", spec, evals, published, CONTEXT)
+    assert "BDMC (Grosse et al. 2015) on 100 images simulated from vae seed 0" in md
+    assert "(T = 200, L = 5, S = 8), is 0.43 ± 0.05 nats" in md
+    md, _ = report.build_table("table1", spec, [_eval("vae", ais=ais), _eval("iaf_d2_w320", ais=ais)], published, CONTEXT)
+    assert "BDMC" not in md
+
+
 def test_a_budget_is_named_in_the_caption(published: pd.DataFrame) -> None:
     context = {**CONTEXT, "budget": "budget short: epochs 15 instead of 80"}
     md, tex = report.build_table("table1", {**SPEC, "rows": [{"model": "vae"}]}, [_eval("vae", epochs=15)], published, context)

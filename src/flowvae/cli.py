@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from flowvae.files.errors import EXIT_TIME_BOX, TimeBoxReached
-from flowvae.spec.layout import FIGURE_INPUTS, PUBLISHED_CSV, RunFolder, prepared_dir
+from flowvae.spec.layout import BDMC_FILE, FIGURE_INPUTS, PUBLISHED_CSV, RunFolder, prepared_dir
 from flowvae.spec.params import load_params, profile_settings, source_dataset
 
 ALLOW_DIRTY_ENV = "FLOWVAE_ALLOW_DIRTY"
@@ -240,20 +240,22 @@ def _ais_args(p: argparse.ArgumentParser) -> None:
 def cmd_bdmc(args: argparse.Namespace) -> None:
     import torch
 
+    from flowvae.files import provenance
     from flowvae.files.atomic import write_json, write_npz
     from flowvae.runs.ais import ais_settings_record, bdmc, load_trained, resolve_initial, spec_of_folder
     from flowvae.runs.device import pick_device
 
     spec = spec_of_folder(args.params, args.run_dir)
+    source = _source(args)
     s = _ais_overrides(args, spec)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_trained(spec, args.run_dir, pick_device(args.device))
     r = bdmc(model, args.images, s.T, s.L, s.S, s.schedule, s.sigmoid_radius, s.initial, s.step_size, s.target_accept,
              s.batch_size, seed=args.seed)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "bdmc.json"
+    out = Path(args.out) if args.out else Path(args.run_dir) / BDMC_FILE
     result = {"profile": spec.profile, "dataset": spec.dataset_name, "model": spec.variant.name, "seed": spec.seed,
-              "n_images": args.images, "simulation_seed": args.seed,
+              **provenance.record(source), "n_images": args.images, "simulation_seed": args.seed,
               **{k: v for k, v in r.items() if k not in ("lower", "upper", "initial")},
               "settings": ais_settings_record(s, resolve_initial(model, s.initial))}
     write_npz(out.with_suffix(".npz"), {"lower": r["lower"], "upper": r["upper"]}, compress=True)
@@ -426,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int_at_least(0, "a non-negative integer"), default=0, help="simulation and chain seed")
     p.add_argument("--out", default=None, help="result JSON (default: RUN_DIR/bdmc.json; per-image bounds in the .npz beside it)")
     _ais_args(p)
+    p.add_argument("--allow-dirty", action="store_true", help="run although the sources have uncommitted changes (recorded)")
     p.set_defaults(func=cmd_bdmc)
 
     p = sub.add_parser("gaps", help="inference gaps: per-image L[q], optimised L[q*] and AIS log p(x) on test images of a trained run")

@@ -49,6 +49,30 @@ rule gaps:
         "flowvae gaps {params.folder} --params \"$FLOWVAE_PARAMS\" --threads {threads} > {log} 2>&1"
 
 
+rule bdmc:
+    """BDMC (runs/ais.py): forward and reverse AIS on images simulated from one trained run, at the profile's AIS settings."""
+    input:
+        model=rules.train.output.model,
+        settings=rules.train.output.settings,
+        data=rules.prepare.output,
+    output:
+        metrics=f"{RUN}/{layout.BDMC_FILE}",
+        per_image=f"{RUN}/{layout.BDMC_PER_IMAGE_FILE}",
+    params:
+        settings=lambda w: plan.param_values(config, plan.ais_param_keys(w.profile)),
+        folder=lambda w: RUN.format(**w),
+    log:
+        f"logs/bdmc/{RUN_LOG}",
+    threads: resource("threads")
+    resources:
+        mem_mb=resource("mem_mb"),
+        runtime=resource("runtime_min"),
+        gpu=resource("gpus"),
+        gpu_hundredths=gpu_share,
+    shell:
+        "flowvae bdmc {params.folder} --params \"$FLOWVAE_PARAMS\" --threads {threads} > {log} 2>&1"
+
+
 rule ais:
     """log p(x) by annealed importance sampling (runs/ais.py) on a seeded subset of the test images of one trained run."""
     input:

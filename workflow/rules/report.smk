@@ -32,6 +32,7 @@ rule table:
         if plan.table_needs_ais(config, w.table) else [],
         gaps=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.gaps.output.metrics, rules.gaps.output.per_image)
         if plan.table_needs_gaps(config, w.table) else [],
+        bdmc=lambda w: run_outputs(plan.bdmc_runs(config, w.table), w.profile, rules.bdmc.output.metrics),
         sample_quality=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.sample_quality.output.metrics)
         if plan.table_needs_sample_quality(config, w.table) else [],
         # The models too: a model replaced or corrupted after its evaluation makes the table out of date, so

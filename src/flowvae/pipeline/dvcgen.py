@@ -21,6 +21,8 @@ from flowvae.spec.layout import (
     AIS_FILE,
     AIS_PER_IMAGE_FILE,
     AIS_TIMINGS_FILE,
+    BDMC_FILE,
+    BDMC_PER_IMAGE_FILE,
     CLASSIFIER_PATTERN,
     CLASSIFIER_RECORD,
     CLASSIFIER_WEIGHTS,
@@ -119,6 +121,9 @@ def dvc_stages(params: dict) -> dict:
     if plan.gaps_runs(params):  # only runs of tables that show an inference-gap metric
         stages["gaps"] = per_run(plan.gaps_runs(params), f"flowvae gaps {RUN} --params params.yaml", plan.gaps_param_keys(PROFILE),
                                  [f"{RUN}/{GAPS_PER_IMAGE_FILE}"], GAPS_FILE)
+    if plan.bdmc_runs(params):  # the first run of each table that shows an AIS metric: its caption states the BDMC gap
+        stages["bdmc"] = per_run(plan.bdmc_runs(params), f"flowvae bdmc {RUN} --params params.yaml", plan.ais_param_keys(PROFILE),
+                                 [f"{RUN}/{BDMC_PER_IMAGE_FILE}"], BDMC_FILE)
     for dataset in plan.classifier_datasets(params):
         folder = CLASSIFIER_PATTERN.format(profile=PROFILE, dataset=dataset)
         stages[f"classifier_{dataset}"] = {
@@ -138,6 +143,7 @@ def dvc_stages(params: dict) -> dict:
             if plan.table_needs_ais(params, table) else []
         ais_files += [r.path(PROFILE, name) for r in plan.table_runs(params, table) for name in (GAPS_FILE, GAPS_PER_IMAGE_FILE)] \
             if plan.table_needs_gaps(params, table) else []
+        ais_files += [r.path(PROFILE, BDMC_FILE) for r in plan.bdmc_runs(params, table)]
         ais_files += [r.path(PROFILE, SAMPLE_QUALITY_FILE) for r in plan.table_runs(params, table)] \
             if plan.table_needs_sample_quality(params, table) else []
         stages[table] = {

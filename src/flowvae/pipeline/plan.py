@@ -173,6 +173,12 @@ def ais_runs(params: dict) -> list[Run]:
     return sorted({r for t in table_names(params) if table_needs_ais(params, t) for r in table_runs(params, t)})
 
 
+def bdmc_runs(params: dict, table: str | None = None) -> list[Run]:
+    """The runs whose BDMC check (bdmc.json) a table's caption states: the first run of each table that shows an AIS metric."""
+    tables = [table] if table else table_names(params)
+    return sorted({table_runs(params, t)[0] for t in tables if table_needs_ais(params, t) and table_runs(params, t)})
+
+
 def table_needs_gaps(params: dict, table: str) -> bool:
     """Whether a table shows a metric read from gaps.json (spec/metrics.py's GAP_METRICS)."""
     from flowvae.spec.metrics import GAP_METRICS

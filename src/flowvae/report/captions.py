@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from flowvae.report.commands import dirty_rows
 from flowvae.report.format import describe, num
 from flowvae.spec.metrics import BY_PUBLISHED
+from flowvae.spec.variants import parse_variant
 
 if TYPE_CHECKING:
     from flowvae.report.tables import TableRuns
@@ -42,6 +43,7 @@ def caption(t: TableRuns, shown: dict[str, str], columns: list[str] = ()) -> tup
     else:
         parts.append(f"{first('epochs')} epochs.")
     parts += _estimator_text(t)
+    parts += _bdmc_text(t)
     seed_metric = t.seed_metric
     if seed_metric is not None:
         parts.append(f"Rows with several seeds show the mean over seeds; ± is the standard error over test points "
@@ -73,19 +75,45 @@ def _units(t: TableRuns) -> str:
 
 
 def _estimator_text(t: TableRuns) -> list[str]:
-    """How -log p(x) was estimated: importance sampling with its K, or exactly for a density model."""
+    """How -log p(x) was estimated: importance sampling with its K, exactly for a density model, or by AIS for the GAN."""
     if not any(m.shows_k for m in t.metrics):
         return []
     parts = []
-    exact = sorted({str(ev["model"]) for ev in t.chosen if ev.get("estimator") == "exact"})
-    sampled = [ev for ev in t.chosen if ev.get("estimator") != "exact"]
+    exact = [ev for ev in t.chosen if ev.get("estimator") == "exact"]
+    flows = sorted({str(ev["model"]) for ev in exact if parse_variant(str(ev["model"])).family == "realnvp"})
+    autoregressive = sorted({str(ev["model"]) for ev in exact if parse_variant(str(ev["model"])).family == "pixelcnn"})
+    gans = [ev for ev in t.chosen if ev.get("estimator") == "ais_gaussian_observation"]
+    sampled = [ev for ev in t.chosen if ev.get("estimator") not in ("exact", "ais_gaussian_observation")]
     if sampled:
         parts.append(f"-log p(x) is the importance-sampling estimate with K = {describe(ev.get('K') for ev in sampled)} "
-                     "samples per test image (Burda et al. 2016)" + (" for the VAEs." if exact else "."))
-    if exact:
-        parts.append(f"{', '.join(exact)}: a flow used as a density model, its -log p(x) exact (no importance "
+                     "samples per test image (Burda et al. 2016)" + (" for the VAEs." if len(sampled) < len(t.chosen) else "."))
+    if flows:
+        parts.append(f"{', '.join(flows)}: a flow used as a density model, its -log p(x) exact (no importance "
                      "sampling: the density of one uniform dequantization per test image, dequantization and "
                      "logit Jacobians included), so its -ELBO column repeats it.")
+    if autoregressive:
+        parts.append(f"{', '.join(autoregressive)}: an autoregressive model, its -log p(x) the exact discrete likelihood, "
+                     "the sum of each pixel's -log p given the pixels before it; its -ELBO column repeats it.")
+    for ev in gans:
+        ais = ev.get("ais") or {}
+        parts.append(f"{ev['model']}: no likelihood of its own; -log p(x) by AIS (T = {ais.get('T')}, {ais.get('S')} chains, "
+                     f"from the prior) under a Gaussian observation model N(G(z), σ²I), σ = {ev.get('sigma')} picked on "
+                     f"validation images (Wu et al. 2017), on {ev.get('n_images')} seeded test images dequantized as "
+                     "(k + u)/256, as a density of k + u: a continuous density, a lower bound on no discrete likelihood.")
+    return parts
+
+
+def _bdmc_text(t: TableRuns) -> list[str]:
+    """The BDMC check of the AIS numbers (bdmc.json beside a run's eval.json), where a run of the table has one."""
+    parts = []
+    for ev in t.chosen:
+        b = ev.get("bdmc")
+        if isinstance(b, dict) and b.get("gap") is not None:
+            s = b.get("settings") or {}
+            parts.append(f"BDMC (Grosse et al. 2015) on {b.get('n_images')} images simulated from {ev['model']} seed "
+                         f"{ev.get('seed')}: reverse AIS minus forward AIS, at the AIS settings of this table (T = {s.get('T')}, "
+                         f"L = {s.get('L')}, S = {s.get('S')}), is {b['gap']:.2f} ± {b.get('gap_se', float('nan')):.2f} nats: "
+                         "the error of the AIS column is of this order on data like the model's own.")
     return parts
 
 

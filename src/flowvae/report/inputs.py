@@ -14,7 +14,7 @@ import pandas as pd
 from flowvae.files.errors import CorruptFileError
 from flowvae.files.jsonfiles import read_json_lines, read_json_object
 from flowvae.spec.layout import (
-    AIS_FILE, AIS_PER_IMAGE_FILE, EVAL_FILE, EVAL_TIMINGS_FILE, GAPS_FILE, HISTORY_FILE, PER_IMAGE_FILE, SAMPLE_QUALITY_FILE,
+    AIS_FILE, AIS_PER_IMAGE_FILE, BDMC_FILE, EVAL_FILE, EVAL_TIMINGS_FILE, GAPS_FILE, HISTORY_FILE, PER_IMAGE_FILE, SAMPLE_QUALITY_FILE,
     TIMINGS_FILE,
 )
 
@@ -77,6 +77,9 @@ def load_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
     gaps = Path(path).with_name(GAPS_FILE)
     if gaps.is_file():  # the inference gaps beside it (`flowvae gaps`): the GAP_METRICS
         ev["gaps"] = read_json_object(gaps, "delete it and rerun `flowvae gaps` on the run folder")
+    bdmc = Path(path).with_name(BDMC_FILE)
+    if bdmc.is_file():  # the BDMC check of its AIS settings (`flowvae bdmc`), stated in the caption
+        ev["bdmc"] = read_json_object(bdmc, "delete it and rerun `flowvae bdmc` on the run folder")
     sample_quality = Path(path).with_name(SAMPLE_QUALITY_FILE)
     if sample_quality.is_file():  # the Fréchet classifier distance of its samples (`flowvae sample-quality`)
         ev["sample_quality"] = read_json_object(sample_quality, "delete it and rerun `flowvae sample-quality` on the run folder")

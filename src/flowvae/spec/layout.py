@@ -34,6 +34,8 @@ AIS_PER_IMAGE_FILE = "ais_per_image.npz"  # its test images' indices and float64
 AIS_TIMINGS_FILE = "ais_timings.json"
 GAPS_FILE = "gaps.json"  # `flowvae gaps`: L[q], L[q*] and AIS log p(x) on a seeded test subset (runs/gaps.py)
 GAPS_PER_IMAGE_FILE = "gaps.npz"  # their per-image float64 values
+BDMC_FILE = "bdmc.json"  # `flowvae bdmc`: forward and reverse AIS on images simulated from the model (runs/ais.py)
+BDMC_PER_IMAGE_FILE = "bdmc.npz"  # their per-image bounds
 SAMPLE_QUALITY_FILE = "sample_quality.json"  # `flowvae sample-quality`: the Fréchet classifier distance (runs/sample_quality.py)
 # A data set's feature classifier (`flowvae classifier`), beside its runs: results/{profile}/{dataset}/classifier/
 CLASSIFIER_PATTERN = "results/{profile}/{dataset}/classifier"
