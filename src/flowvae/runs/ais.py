@@ -272,17 +272,21 @@ def _normal_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     return -0.5 * (((z - mean) * torch.exp(-log_std)).pow(2) + _LOG_2PI) - log_std
 
 
+MOMENT_DRAWS = 64  # posterior draws per image whose mean and sd make the 'moments' initial distribution
+
+
 def resolve_initial(model: LatentVariableModel, initial: str) -> str:
-    """'encoder' or 'prior' for a model; auto: the encoder's Gaussian where the family has one, else the prior."""
+    """'encoder', 'moments' or 'prior' for a model; auto: the encoder's Gaussian for the diagonal family (it is q), the
+    moments of the flow posterior for the flow families (their base Gaussian can lie far from q), the prior for the ladder."""
     family = model.variant.family
     if model.exact_likelihood:
         raise NotImplementedError(f"AIS needs a latent-variable model; {model.variant.name} ({family}) is a flow with an exact log p(x)")
-    if initial not in ("auto", "encoder", "prior"):
-        raise ValueError(f"unknown AIS initial distribution {initial!r}; expected auto, encoder or prior")
+    if initial not in ("auto", "encoder", "moments", "prior"):
+        raise ValueError(f"unknown AIS initial distribution {initial!r}; expected auto, encoder, moments or prior")
     has_encoder_gaussian = family != "resvae"
     if initial == "auto":
-        return "encoder" if has_encoder_gaussian else "prior"
-    if initial == "encoder" and not has_encoder_gaussian:
+        return "prior" if not has_encoder_gaussian else "encoder" if family == "vae" else "moments"
+    if initial in ("encoder", "moments") and not has_encoder_gaussian:
         raise NotImplementedError(
             f"AIS from the encoder is not available for the {family} family ({model.variant.name}): its posterior is "
             "hierarchical, with no density at arbitrary latents; use initial: prior (or auto)"
@@ -295,7 +299,9 @@ class ModelTarget(AISTarget):
 
     VAE families (every posterior flow): prior N(0, I), p(x|z) from the decoder; initial 'encoder' is the
     encoder's base Gaussian N(mu(x), diag sigma(x)^2) (for the diagonal family exactly q(z|x); for flow families
-    the flow's base, the same network that amortizes the flow), 'prior' the prior. The ladder (resvae): the
+    the flow's base, the same network that amortizes the flow), 'moments' the diagonal Gaussian with the mean and
+    sd of MOMENT_DRAWS draws from the full q(z|x) (flow included: a normalised start near q where the flow's own
+    density cannot be evaluated at arbitrary z), 'prior' the prior. The ladder (resvae): the
     latents of every rung concatenated, the hierarchical prior p(z_i | z_>i) and p(x|z) from one top-down
     pass with the latents given; its initial distribution is the prior (ancestral sampling).
     """
@@ -312,6 +318,12 @@ class ModelTarget(AISTarget):
             with torch.no_grad():
                 mu, log_std, _ = model.encoder(x)
             self.mu, self.log_std = mu.detach(), log_std.detach()
+        elif self.initial == "moments":
+            with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(0)  # the same start for the same images, whatever ran before
+                z = model(x, n_samples=MOMENT_DRAWS).z.double()
+            self.mu = z.mean(0).to(x.dtype)
+            self.log_std = z.std(0).clamp_min(1e-3).log().to(x.dtype)
 
     def _log_lik(self, params: Tensor, S: int) -> Tensor:
         return self.model.likelihood.log_prob(params.reshape(S, self.n_images, *params.shape[1:]), self.x)
@@ -332,7 +344,7 @@ class ModelTarget(AISTarget):
         return self.log_joint_terms(z)[1]
 
     def sample_initial(self, n_chains: int, generator: torch.Generator | None = None) -> Tensor:
-        if self.initial == "prior":
+        if self.initial_is_prior:
             return sample_prior(self.model, n_chains * self.n_images, generator).view(n_chains, self.n_images, self.dim)
         eps = torch.randn((n_chains, *self.mu.shape), generator=generator, dtype=self.mu.dtype, device=self.mu.device)
         return self.mu + self.log_std.exp() * eps

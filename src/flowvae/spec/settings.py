@@ -207,7 +207,7 @@ class TrainSettings:
 
 
 AIS_SCHEDULES = ("sigmoid", "linear")
-AIS_INITIALS = ("auto", "encoder", "prior")
+AIS_INITIALS = ("auto", "encoder", "moments", "prior")
 
 
 @dataclass(frozen=True)
@@ -244,8 +244,9 @@ class AISSettings:
     T intermediate distributions on the geometric path from the initial distribution to p(z) p(x|z), on a
     sigmoidal schedule (Wu et al. 2017); one HMC transition of L leapfrog steps per temperature, with a step
     size per image adapted towards target_accept; S independent chains per image; `images` test images
-    (a seeded random subset; 0: all). initial: encoder (the encoder's Gaussian), prior, or auto (encoder
-    where the family has one, else the prior).
+    (a seeded random subset; 0: all). initial: encoder (the encoder's base Gaussian), moments (a Gaussian with
+    the mean and sd of draws from the full amortized posterior, flow included), prior, or auto (encoder for the
+    diagonal family, moments for the flow families, the prior for the ladder).
     """
 
     T: int = 500
