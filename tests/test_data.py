@@ -177,7 +177,7 @@ def test_no_source_names_url_and_how_to_supply(tmp_path, monkeypatch):
     monkeypatch.delenv(download.MIRROR_ENV, raising=False)
     spec = RemoteFile("c/archive.tar.gz", "http://127.0.0.1:9/archive.tar.gz", 1, "md5:" + "0" * 32)
     with pytest.raises(DownloadError, match=r"http://127.0.0.1:9/archive.tar.gz[\s\S]*FLOWVAE_DATA_MIRROR"):
-        fetch(spec, tmp_path / "raw", download.mirror_root())
+        fetch(spec, tmp_path / "raw", download.mirror_roots())
 
 
 # ---------------------------------------------------------------- downloads capped at the declared size

@@ -4,13 +4,14 @@ a mirror that is a local folder."""
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from flowvae.data.download import MIRROR_ENV, DownloadError, fetch, mirror_root
+from flowvae.data.download import MIRROR_ENV, DownloadError, fetch, mirror_roots
 from flowvae.data.prepare import load_split, prepare
 from flowvae.spec.datasets import DatasetSpec, RemoteFile
 from flowvae.spec.schema import ParamsError, validate_params
@@ -165,10 +166,10 @@ def test_a_file_url_mirror_is_its_folder(tmp_path, monkeypatch):
         path = mirror / "b" / f"{split}.amat"
         write_amat(path, rng.integers(0, 2, (n, 784)))
         files[split] = {"path": f"b/{split}.amat", "url": "http://127.0.0.1:9/x", "size": path.stat().st_size, "md5": md5(path)}
-    assert mirror_root(mirror.as_uri()) == mirror
-    assert mirror_root("file://localhost" + str(mirror)) == mirror
+    assert mirror_roots(mirror.as_uri()) == [mirror]
+    assert mirror_roots("file://localhost" + str(mirror)) == [mirror]
     monkeypatch.setenv(MIRROR_ENV, mirror.as_uri())
-    assert mirror_root() == mirror
+    assert mirror_roots() == [mirror]
     entry = {"kind": "amat", "binarize": "fixed", "shape": [1, 28, 28], "splits": {"train": 4, "valid": 2, "test": 2}, "files": files}
     paths = prepare(DatasetSpec.from_params("b", entry), tmp_path / "raw", tmp_path / "prep", mirror.as_uri())
     assert load_split(paths["valid"])[0].shape == (2, 1, 28, 28)
@@ -177,11 +178,11 @@ def test_a_file_url_mirror_is_its_folder(tmp_path, monkeypatch):
 @pytest.mark.parametrize("url", ["http://example.org/data", "https://example.org/data", "s3://bucket/data", "file://otherhost/data"])
 def test_a_mirror_that_is_another_url_is_refused(params, monkeypatch, url):
     with pytest.raises(ValueError, match=r"^data\.mirror: .*(URL|host)") as err:
-        mirror_root(url)
+        mirror_roots(url)
     assert repr(url) in str(err.value)
     monkeypatch.setenv(MIRROR_ENV, url)
     with pytest.raises(ValueError, match=rf"^{MIRROR_ENV}: "):
-        mirror_root()
+        mirror_roots()
     if not url.startswith("file://"):
         msg = schema_error(params, lambda p: p["data"].update(mirror=url))
         assert msg.startswith(f"params.yaml: data.mirror: {url!r} ")
@@ -192,3 +193,28 @@ def test_a_folder_or_file_url_mirror_validates(params):
         good = copy.deepcopy(params)
         good["data"]["mirror"] = value
         validate_params(good)
+
+
+def test_several_mirrors_are_tried_in_order_and_a_file_url_serves_a_local_file(tmp_path, monkeypatch):
+    first, second, elsewhere = tmp_path / "mnist mirror", tmp_path / "fashion", tmp_path / "downloads"
+    for folder in (first, second, elsewhere):
+        folder.mkdir()
+    (first / "a.bin").write_bytes(b"from the first")
+    (second / "a.bin").write_bytes(b"from the second")
+    (second / "b.bin").write_bytes(b"only in the second")
+    (elsewhere / "c.bin").write_bytes(b"a local download")
+    monkeypatch.setenv(MIRROR_ENV, f"{first.as_uri()}:{second}")
+    assert mirror_roots() == [first, second]
+    assert mirror_roots([str(second), first.as_uri()]) == [second, first]
+
+    def remote(path: str, data: bytes, url: str = "http://127.0.0.1:9/x") -> RemoteFile:
+        return RemoteFile(path, url, len(data), "md5:" + hashlib.md5(data).hexdigest())
+
+    raw = tmp_path / "raw"
+    assert fetch(remote("a.bin", b"from the first"), raw, mirror_roots()).read_bytes() == b"from the first"
+    assert fetch(remote("b.bin", b"only in the second"), raw, mirror_roots()).read_bytes() == b"only in the second"
+    url = (elsewhere / "c.bin").as_uri()
+    assert fetch(remote("c.bin", b"a local download", url), raw, mirror_roots()).read_bytes() == b"a local download"
+    with pytest.raises(DownloadError) as err:
+        fetch(remote("d.bin", b"nowhere"), raw, mirror_roots())
+    assert str(first / "d.bin") in str(err.value) and str(second / "d.bin") in str(err.value)

@@ -13,6 +13,7 @@ import fcntl
 import glob
 import hashlib
 import os
+import re
 import shutil
 import signal
 import sys
@@ -60,17 +61,23 @@ def file_digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def mirror_root(explicit: str | os.PathLike | None = None) -> Path | None:
-    """The configured mirror folder: an explicit setting (data.mirror) wins over the environment variable.
+def mirror_roots(explicit: str | os.PathLike | list | None = None) -> list[Path]:
+    """The configured mirror folders, tried in order: an explicit setting (data.mirror: a folder or a list of them)
+    wins over the environment variable (one folder, or several joined by os.pathsep, ':' on Linux).
 
-    A `file://` URL names a local folder; any other URL is refused (the mirror is a folder, not a server).
+    A `file://` URL names a local folder; any other URL is refused (a mirror is a folder, not a server).
     """
+    if isinstance(explicit, (list, tuple)):
+        return [_mirror_folder(os.fspath(v), f"data.mirror[{i}]") for i, v in enumerate(explicit) if v not in (None, "")]
     if explicit not in (None, ""):
-        value, where = os.fspath(explicit), "data.mirror"
-    else:
-        value, where = os.environ.get(MIRROR_ENV), MIRROR_ENV
-    if not value:
-        return None
+        return [_mirror_folder(os.fspath(explicit), "data.mirror")]
+    value = os.environ.get(MIRROR_ENV) or ""
+    # os.pathsep separates folders, except the colon of a file:// URL
+    return [_mirror_folder(v, MIRROR_ENV) for v in re.split(rf"{re.escape(os.pathsep)}(?!//)", value) if v]
+
+
+def _mirror_folder(value: str, where: str) -> Path:
+    """One mirror folder from a path or a file:// URL."""
     parsed = urllib.parse.urlsplit(value)
     if parsed.scheme.lower() == "file":
         if parsed.netloc not in ("", "localhost"):
@@ -82,6 +89,12 @@ def mirror_root(explicit: str | os.PathLike | None = None) -> Path | None:
             f"holding the files under their params.yaml paths"
         )
     return Path(value).expanduser()
+
+
+def _as_mirrors(mirrors: Path | list[Path] | None) -> list[Path]:
+    if mirrors is None:
+        return []
+    return [Path(m) for m in mirrors] if isinstance(mirrors, (list, tuple)) else [Path(mirrors)]
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -202,8 +215,9 @@ def _disk_full(exc: OSError, dest: Path, source: str | None = None) -> DownloadE
     )
 
 
-def fetch(remote: RemoteFile, raw_dir: Path, mirror: Path | None = None, timeout: float = 30.0) -> Path:
-    """Return raw_dir/remote.path with a verified checksum, taking it from the mirror or the URL.
+def fetch(remote: RemoteFile, raw_dir: Path, mirror: Path | list[Path] | None = None, timeout: float = 30.0) -> Path:
+    """Return raw_dir/remote.path with a verified checksum, taking it from the first mirror that has it, or the URL
+    (http(s), or file:// for a file of this machine).
 
     The file is written under a temporary name in the same folder and renamed only once its
     checksum matches, so an interrupted or failed fetch never leaves a file that looks complete.
@@ -228,7 +242,7 @@ def fetch(remote: RemoteFile, raw_dir: Path, mirror: Path | None = None, timeout
             raise _disk_full(exc, dest) from None
         raise
     attempts = []
-    sources = ([(str(Path(mirror) / remote.path), Path(mirror))] if mirror is not None else []) + [(remote.url, None)]
+    sources = [(str(root / remote.path), root) for root in _as_mirrors(mirror)] + [(remote.url, None)]
     with _sigterm_raises() as previous:
         try:
             for source, root in sources:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowvae.data.download import MIRROR_ENV, DownloadError, fetch, mirror_root
+from flowvae.data.download import MIRROR_ENV, DownloadError, fetch, mirror_roots
 from flowvae.data.formats import (
     DataFormatError,
     read_amat,
@@ -33,7 +33,7 @@ def _check_roles(spec: DatasetSpec, roles: tuple[str, ...]) -> None:
         raise ValueError(f"datasets.{spec.name}.files: missing {missing} for kind {spec.kind!r}")
 
 
-def _fetch_unverified(spec: DatasetSpec, role: str, raw_dir: Path, mirror: Path | None) -> Path:
+def _fetch_unverified(spec: DatasetSpec, role: str, raw_dir: Path, mirror: list[Path]) -> Path:
     """Fetch a file of `unverified_files`: by its second-hand checksum, or not at all when it has none."""
     entry = spec.unverified_files[role]
     fix = (
@@ -47,8 +47,8 @@ def _fetch_unverified(spec: DatasetSpec, role: str, raw_dir: Path, mirror: Path 
         except DownloadError as exc:
             raise DownloadError(f"{exc}\nparams.yaml knows its checksum only second-hand. {fix}") from None
     attempts = []
-    if mirror is not None:
-        in_mirror = mirror / entry.path
+    for root in mirror:
+        in_mirror = root / entry.path
         state = "present, but params.yaml has no checksum to verify it with" if in_mirror.exists() else "no such file"
         attempts.append(f"{in_mirror}: {state}")
     attempts.append(f"{entry.url}: not downloaded: params.yaml has no checksum to verify it with")
@@ -60,7 +60,7 @@ def _fetch_unverified(spec: DatasetSpec, role: str, raw_dir: Path, mirror: Path 
     )
 
 
-def _load_splits(spec: DatasetSpec, raw_dir: Path, mirror: Path | None) -> dict[str, dict[str, np.ndarray]]:
+def _load_splits(spec: DatasetSpec, raw_dir: Path, mirror: list[Path]) -> dict[str, dict[str, np.ndarray]]:
     def get(role: str) -> Path:
         try:
             if role in spec.files:
@@ -129,11 +129,11 @@ def _load_splits(spec: DatasetSpec, raw_dir: Path, mirror: Path | None) -> dict[
 
 
 def prepare(
-    spec: DatasetSpec, raw_dir: Path, out_dir: Path, mirror: str | Path | None = None, subset: dict | None = None
+    spec: DatasetSpec, raw_dir: Path, out_dir: Path, mirror: str | Path | list | None = None, subset: dict | None = None
 ) -> dict[str, Path]:
     """Fetch, verify and parse a data set; write one uint8 .npz per split (its first `subset[split]`
     images when a subset is given); return their paths."""
-    splits = _load_splits(spec, Path(raw_dir), mirror_root(mirror))
+    splits = _load_splits(spec, Path(raw_dir), mirror_roots(mirror))
     if not spec.digits:
         for split, arrays in splits.items():
             expected = spec.split_sizes.get(split)
