@@ -111,6 +111,15 @@ def add_gray_dataset(params: dict, root: Path, name: str, shape: tuple[int, int,
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread for the test, as it was after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny(tmp_path):
     """A factory: tiny(model, **profile overrides) -> RunConfig on synthetic stripes."""
     torch.manual_seed(0)

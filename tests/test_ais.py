@@ -21,12 +21,7 @@ from flowvae.spec.metrics import metric
 from flowvae.spec.settings import AISSettings
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread beats two contending ones
 
 
 class LinearGaussian(AISTarget):

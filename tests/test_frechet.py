@@ -17,13 +17,7 @@ from flowvae.runs.frechet import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convnet: one thread is faster than two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread beats two contending ones
 
 
 def _random_covariance(rng: np.random.Generator, d: int) -> np.ndarray:

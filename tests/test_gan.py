@@ -20,13 +20,7 @@ from flowvae.models.gan import (
 from flowvae.spec.settings import GANSettings
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is faster than two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread beats two contending ones
 
 
 def _linear_sizes(module: nn.Module) -> list[tuple[int, int]]:

@@ -24,12 +24,7 @@ from flowvae.spec.settings import AISSettings
 SHAPE = (1, 2, 3)  # six pixels
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread beats two contending ones
 
 
 def linear_mean(seed: int, latent_dim: int, shape: tuple[int, int, int], scale: float):

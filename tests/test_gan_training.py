@@ -28,13 +28,7 @@ SMALL_GAN = {"latent_dim": 4, "generator_hidden": [16, 32], "discriminator_hidde
 STEPS_PER_EPOCH = 8  # 256 training images in batches of 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is faster than two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread beats two contending ones
 
 
 def gan_params(root: Path, epochs: int = 3, **train) -> dict:

@@ -295,6 +295,22 @@ def check_recorded(spec: RunSpec, folder: RunFolder) -> dict:
     return recorded
 
 
+def evaluation_identity(spec: RunSpec, source: SourceState, recorded: dict, device: torch.device) -> dict:
+    """The fields that open every eval.json: which run, from which code, trained by which code, on which device."""
+    return {
+        "profile": spec.profile,
+        "dataset": spec.dataset_name,
+        "data_source": spec.dataset.name,
+        "model": spec.variant.name,
+        "seed": spec.seed,
+        "code_version": spec.code_version,
+        **provenance.record(source),
+        "train_commit": recorded.get("commit"),
+        "train_source_diff_sha256": recorded.get("source_diff_sha256"),
+        "device": device.type,
+    }
+
+
 def evaluate(
     spec: RunSpec, run_dir: str | Path, threads: int | None = None, device: str | None = None,
     max_batch: int | None = None, source: SourceState | None = None,
@@ -330,16 +346,7 @@ def evaluate(
     neg_log_px = -r["log_px"]
     neg_elbo = -r["elbo"]
     metrics = {
-        "profile": spec.profile,
-        "dataset": spec.dataset_name,
-        "data_source": spec.dataset.name,
-        "model": spec.variant.name,
-        "seed": spec.seed,
-        "code_version": spec.code_version,
-        **provenance.record(source),
-        "train_commit": recorded.get("commit"),
-        "train_source_diff_sha256": recorded.get("source_diff_sha256"),
-        "device": dev.type,
+        **evaluation_identity(spec, source, recorded, dev),
         "n_test": int(neg_log_px.numel()),
         "K": K,
         "estimator": "exact" if model.exact_likelihood else "importance sampling",

@@ -196,7 +196,6 @@ def evaluate_gan(spec, run_dir: str | Path, threads: int | None = None, device: 
     max_batch: latents per generator pass (S chains times the images of an AIS batch; default: eval.ais's batch_size
     images). grid_T: temperatures of the σ grid's AIS (default ais.T // 5). `source`: as for evaluate.evaluate.
     """
-    from flowvae.files import provenance
     from flowvae.files.atomic import write_json, write_npz, write_text
     from flowvae.files.jsonfiles import read_json_lines
     from flowvae.files.provenance import source_state
@@ -205,7 +204,7 @@ def evaluate_gan(spec, run_dir: str | Path, threads: int | None = None, device: 
     from flowvae.runs.ais import ais_settings_record
     from flowvae.runs.checkpoint import load_weights
     from flowvae.runs.device import pick_device
-    from flowvae.runs.evaluate import check_recorded, standard_error
+    from flowvae.runs.evaluate import check_recorded, evaluation_identity, standard_error
     from flowvae.spec.layout import RunFolder
 
     folder = RunFolder(Path(run_dir))
@@ -242,16 +241,7 @@ def evaluate_gan(spec, run_dir: str | Path, threads: int | None = None, device: 
     neg = (-r.log_px).double().cpu()
     d = math.prod(spec.image_shape)
     metrics = {
-        "profile": spec.profile,
-        "dataset": spec.dataset_name,
-        "data_source": spec.dataset.name,
-        "model": spec.variant.name,
-        "seed": spec.seed,
-        "code_version": spec.code_version,
-        **provenance.record(source),
-        "train_commit": recorded.get("commit"),
-        "train_source_diff_sha256": recorded.get("source_diff_sha256"),
-        "device": dev.type,
+        **evaluation_identity(spec, source, recorded, dev),
         "estimator": ESTIMATOR,
         "observation_model": "x = (k + u) / 256, u ~ U[0, 1); p(x) = ∫ N(x; G(z), sigma^2 I) N(z; 0, I) dz; "
                              "-log p of k + u on [0, 256)^D in nats per image (-log p(x) + D log 256)",

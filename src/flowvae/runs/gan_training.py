@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -30,14 +29,15 @@ import torch
 from tqdm import tqdm
 
 from flowvae.data.batches import batches_for
-from flowvae.files.atomic import write_json, write_text
+from flowvae.files.atomic import write_json
 from flowvae.files.errors import NonFiniteLoss, TimeBoxReached
 from flowvae.files.provenance import SourceState, source_state
 from flowvae.models.build import build_model
 from flowvae.models.gan import GAN, train_step
 from flowvae.runs import distributed
-from flowvae.runs.checkpoint import TrainState, apply_new_budget, read_checkpoint, run_metadata, save_weights, write_checkpoint
+from flowvae.runs.checkpoint import TrainState, apply_new_budget, read_checkpoint, run_metadata, write_checkpoint
 from flowvae.runs.device import pick_device, seed_everything
+from flowvae.runs.stopping import Stopper, resume_message, write_finished_run, write_history
 from flowvae.spec.layout import RunFolder
 from flowvae.spec.run import RunSpec
 from flowvae.spec.settings import TrainSettings
@@ -112,8 +112,7 @@ class GANTrainer:
         self.checkpoint_seconds = checkpoint_seconds
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.on_change = on_change
-        self.max_seconds = None if max_minutes is None else 60.0 * max_minutes
-        self.stop_reason: str | None = None
+        self.stopper = Stopper(max_minutes)
         seed_everything(spec.seed)
         self.train_batches = batches_for(spec, "train", t.batch_size, True, spec.seed, self.device)
         self.model: GAN = build_model(spec).to(self.device)
@@ -166,15 +165,10 @@ class GANTrainer:
             "Lower train.lr, or check the data, then rerun"
         )
 
-    def _should_stop(self, started_run: float) -> bool:
-        if self.stop_reason is None and self.max_seconds is not None and time.perf_counter() - started_run > self.max_seconds:
-            self.stop_reason = f"time box of {self.max_seconds / 60:g} minutes reached"
-        return self.stop_reason is not None
-
     def _stop_now(self, message: str) -> None:
         """Checkpoint, mark the run stopped (for `flowvae status`), and raise TimeBoxReached."""
         self.save_checkpoint()
-        write_json(self.folder.stopped, {"reason": self.stop_reason})
+        write_json(self.folder.stopped, {"reason": self.stopper.reason})
         raise TimeBoxReached(message)
 
     def train_epoch(self, started_run: float) -> None:
@@ -197,13 +191,13 @@ class GANTrainer:
             bar.update(1)
             bar.set_postfix(d_loss=f"{out['d_loss']:.3f}", g_loss=f"{out['g_loss']:.3f}")
             now = time.perf_counter()
-            stop = self._should_stop(started_run)
+            stop = self.stopper.time_is_up(started_run)
             if stop or now - last_save > self.checkpoint_seconds:
                 s.epoch_seconds += now - started
                 started = last_save = now
                 if stop:
                     bar.close()
-                    self._stop_now(f"{self.out}: {self.stop_reason}; checkpoint written at epoch {s.epoch + 1}, "
+                    self._stop_now(f"{self.out}: {self.stopper.reason}; checkpoint written at epoch {s.epoch + 1}, "
                                    f"step {s.step_in_epoch}. Rerun the same command to continue")
                 self.save_checkpoint()
         bar.close()
@@ -236,14 +230,7 @@ class GANTrainer:
             )
 
     def write_history(self) -> None:
-        """train.jsonl, train_curves.csv and train_timings.json from the checkpointed history, written atomically."""
-        write_text(self.folder.history, "".join(json.dumps(r) + "\n" for r in self.state.history))
-        write_text(self.folder.curves, curves_csv(self.state.history))
-        minutes = (sum(t["seconds"] for t in self.state.timings) + self.state.epoch_seconds) / 60
-        write_json(self.folder.timings, {"train_minutes": minutes, "epochs": self.state.timings})
-
-    def _on_signal(self, signum, frame) -> None:
-        self.stop_reason = f"{signal.Signals(signum).name} received"
+        write_history(self.folder, self.state, curves_csv)
 
     def run(self) -> dict:
         """Train to the end (resuming if a checkpoint exists) and write the weights and records.
@@ -253,35 +240,18 @@ class GANTrainer:
         """
         self.out.mkdir(parents=True, exist_ok=True)
         if self.load_checkpoint():
-            s = self.state
-            where = (f"the run finished at epoch {s.epoch}; writing its outputs from the checkpoint" if s.finished
-                     else f"resuming from checkpoint at epoch {s.epoch + 1}, step {s.step_in_epoch}")
+            where = resume_message(self.state)
             print(f"{self.out}: {where}", file=sys.stderr, flush=True)
         started_run = time.perf_counter()
-        handlers = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                handlers[sig] = signal.signal(sig, self._on_signal)
-            except ValueError:  # not the main thread: no handlers
-                break
         self.folder.stopped.unlink(missing_ok=True)
-        try:
+        with self.stopper.catching_signals():
             while not self.state.finished:
-                if self.stop_reason is not None:  # a signal between epochs
-                    self._stop_now(f"{self.out}: {self.stop_reason}; checkpoint written at epoch {self.state.epoch}. "
+                if self.stopper.reason is not None:  # a signal between epochs
+                    self._stop_now(f"{self.out}: {self.stopper.reason}; checkpoint written at epoch {self.state.epoch}. "
                                    "Rerun the same command to continue")
                 self.train_epoch(started_run)
                 self.end_epoch()
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-        metadata = run_metadata(self.spec, self.state.epoch, self.source)
-        if self.source.dirty:
-            write_text(self.folder.source_diff, self.source.diff)
-        else:
-            self.folder.source_diff.unlink(missing_ok=True)
-        save_weights(self.model.state_dict(), self.folder.model, metadata=metadata)
-        write_json(self.folder.settings, metadata)
+        write_finished_run(self.folder, self.model.state_dict(), run_metadata(self.spec, self.state.epoch, self.source), self.source)
         self.write_history()
         last = self.state.history[-1]
         return {

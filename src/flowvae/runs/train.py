@@ -21,7 +21,6 @@ import contextlib
 import io
 import json
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from flowvae.data.batches import Batches, batches_for
-from flowvae.files.atomic import write_json, write_text
+from flowvae.files.atomic import write_json
 from flowvae.files.errors import NonFiniteLoss, TimeBoxReached
 from flowvae.files.provenance import SourceState, source_state
 from flowvae.files.safeload import load_safetensors
@@ -49,6 +48,7 @@ from flowvae.runs.checkpoint import (
 )
 from flowvae.runs import distributed
 from flowvae.runs.device import pick_device, seed_everything
+from flowvae.runs.stopping import Stopper, resume_message, write_finished_run, write_history
 from flowvae.runs.inference import has_convolutions
 from flowvae.spec.layout import RunFolder
 from flowvae.spec.run import RunSpec
@@ -184,8 +184,7 @@ class Trainer:
         self.checkpoint_seconds = checkpoint_seconds
         self.progress = (sys.stderr.isatty() if progress is None else progress) and ctx.main
         self.on_change = on_change
-        self.max_seconds = None if max_minutes is None else 60.0 * max_minutes
-        self.stop_reason: str | None = None
+        self.stopper = Stopper(max_minutes)
         t = self.train_settings
         seed_everything(spec.seed)
         self.train_batches = batches_for(spec, "train", t.batch_size, True, spec.seed, self.device)
@@ -318,17 +317,12 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = float(self.train_settings.lr) * min(1.0, step / n)
 
-    def _should_stop(self, started_run: float) -> bool:
-        if self.stop_reason is None and self.max_seconds is not None and time.perf_counter() - started_run > self.max_seconds:
-            self.stop_reason = f"time box of {self.max_seconds / 60:g} minutes reached"
-        return self.stop_reason is not None
-
     def _stop_now(self, message: str, sums: torch.Tensor | None = None) -> None:
         """Checkpoint, mark the run stopped (for `flowvae status`), and raise TimeBoxReached on every process
         once rank 0 has written both."""
         self.save_checkpoint(sums)
         if self.ctx.main:
-            write_json(self.folder.stopped, {"reason": self.stop_reason})
+            write_json(self.folder.stopped, {"reason": self.stopper.reason})
         self.ctx.barrier()
         raise TimeBoxReached(message)
 
@@ -360,9 +354,9 @@ class Trainer:
             bar.update(1)
             now = time.perf_counter()
             # every process stops, and checkpoints, after the same step
-            stop, save = self.ctx.agree(self._should_stop(started_run), now - last_save > self.checkpoint_seconds)
-            if stop and self.stop_reason is None:
-                self.stop_reason = "stopped by another training process (signal or time box)"
+            stop, save = self.ctx.agree(self.stopper.time_is_up(started_run), now - last_save > self.checkpoint_seconds)
+            if stop and self.stopper.reason is None:
+                self.stopper.reason = "stopped by another training process (signal or time box)"
             if len(window) >= CHECK_EVERY or stop or save:
                 self._check_finite(window, window_start)
                 window_start = s.step_in_epoch + 1
@@ -373,7 +367,7 @@ class Trainer:
                 if stop:
                     bar.close()
                     self._stop_now(
-                        f"{self.out}: {self.stop_reason}; checkpoint written at epoch {s.epoch + 1}, step {s.step_in_epoch}. "
+                        f"{self.out}: {self.stopper.reason}; checkpoint written at epoch {s.epoch + 1}, step {s.step_in_epoch}. "
                         "Rerun the same command to continue", sums)
                 self.save_checkpoint(sums)
         bar.close()
@@ -435,14 +429,7 @@ class Trainer:
             )
 
     def write_history(self) -> None:
-        """train.jsonl, train_curves.csv and train_timings.json from the checkpointed history, written atomically."""
-        write_text(self.folder.history, "".join(json.dumps(r) + "\n" for r in self.state.history))
-        write_text(self.folder.curves, curves_csv(self.state.history))
-        minutes = (sum(t["seconds"] for t in self.state.timings) + self.state.epoch_seconds) / 60
-        write_json(self.folder.timings, {"train_minutes": minutes, "epochs": self.state.timings})
-
-    def _on_signal(self, signum, frame) -> None:
-        self.stop_reason = f"{signal.Signals(signum).name} received"
+        write_history(self.folder, self.state, curves_csv)
 
     def run(self) -> dict:
         """Train to the end (resuming if a checkpoint exists) and write the kept weights.
@@ -452,43 +439,26 @@ class Trainer:
         """
         self.out.mkdir(parents=True, exist_ok=True)
         if self.load_checkpoint():
-            s = self.state
-            where = (f"the run finished at epoch {s.epoch}; writing its outputs from the checkpoint" if s.finished
-                     else f"resuming from checkpoint at epoch {s.epoch + 1}, step {s.step_in_epoch}")
+            where = resume_message(self.state)
             if self.ctx.main:
                 print(f"{self.out}: {where}", file=sys.stderr, flush=True)
         started_run = time.perf_counter()
-        handlers = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                handlers[sig] = signal.signal(sig, self._on_signal)
-            except ValueError:  # not the main thread: no handlers
-                break
         if self.ctx.main:
             self.folder.stopped.unlink(missing_ok=True)
-        try:
+        with self.stopper.catching_signals():
             while not self.state.finished:
                 # a signal during validation (on any process); the time box is looked at after each step
-                if self.ctx.agree(self.stop_reason is not None)[0]:
-                    self.stop_reason = self.stop_reason or "stopped by another training process (signal)"
-                    self._stop_now(f"{self.out}: {self.stop_reason}; checkpoint written at epoch {self.state.epoch}. "
+                if self.ctx.agree(self.stopper.reason is not None)[0]:
+                    self.stopper.reason = self.stopper.reason or "stopped by another training process (signal)"
+                    self._stop_now(f"{self.out}: {self.stopper.reason}; checkpoint written at epoch {self.state.epoch}. "
                                    "Rerun the same command to continue")
                 self.train_epoch(started_run)
                 self.end_epoch()
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
         self.ctx.barrier()  # rank 0's best weights are on disk
         if not self.ctx.main:
             return {"epochs": self.state.epoch, "best_epoch": self.state.best_epoch, "rank": self.ctx.rank}
         best = load_safetensors(self.folder.best, "the best weights of this run", rebuild_hint(self.folder))
-        metadata = run_metadata(self.spec, self.state.best_epoch, self.source)
-        if self.source.dirty:
-            write_text(self.folder.source_diff, self.source.diff)
-        else:
-            self.folder.source_diff.unlink(missing_ok=True)
-        save_weights(best, self.folder.model, metadata=metadata)
-        write_json(self.folder.settings, metadata)
+        write_finished_run(self.folder, best, run_metadata(self.spec, self.state.best_epoch, self.source), self.source)
         self.write_history()
         return {
             "epochs": self.state.epoch,
