@@ -53,8 +53,8 @@ def test_the_params_file_is_no_part_of_any_rules_command_or_params():
     """So that an identical copy elsewhere reruns nothing, and a path with spaces stays one argument."""
     rules = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
     assert "PARAMS_FILE," not in rules and "{params.file}" not in rules
-    # prepare, train, evaluate, ais, gaps, table, figures, verify (the summary page reads no params)
-    assert rules.count('--params \\"$FLOWVAE_PARAMS\\"') == 8
+    # prepare, train, evaluate, ais, bdmc, gaps, classifier, sample_quality, table, figures, verify (the summary page reads none)
+    assert rules.count('--params \\"$FLOWVAE_PARAMS\\"') == 11
 
 
 # ---------------------------------------------------------------- a budget lowered below what was trained

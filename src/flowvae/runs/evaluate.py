@@ -373,7 +373,7 @@ def evaluate(
         metrics["bits_per_dim"] = {"neg_elbo": metrics["neg_elbo"] / scale, "neg_log_px": metrics["neg_log_px"] / scale}
     spread = np.flatnonzero(seeded_subset(test.n_images, 16))
     shown = Batches(test.x[spread].cpu().numpy(), len(spread), test.binarize, shuffle=False, seed=spec.seed, device=dev)
-    arrays = figure_arrays(model, next(shown.epoch(0)), spec.seed)
+    arrays = figure_arrays(model, next(shown.epoch(0)), spec.seed, n_prior=settings.prior_samples)
     if source.dirty:
         write_text(folder.eval_source_diff, source.diff)
     else:

@@ -41,7 +41,7 @@ eval.json (nats per image on the 8-bit scale unless said otherwise):
   latent_dim, epochs                              epochs: lines of train.jsonl
 No wall-clock field: eval_timings.json. per_image.npz: index (positions in the test split) and gaussian_obs_neg_log_px
 (float64) of the evaluated images: not named neg_log_px, so that no table pairs it with another model's log-likelihood
-on other images and another observation model. samples.npz: prior_samples (64 generated images) and originals (16 test images), float32.
+on other images and another observation model. samples.npz: prior_samples (eval.prior_samples generated images, 64 by default) and originals (16 test images), float32.
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ def evaluate_gan(spec, run_dir: str | Path, threads: int | None = None, device: 
         "epochs": len(history),
     }
     shown = seeded_images(spec, "test", 16, dev)[1]
-    arrays = {"prior_samples": gan.sample(64, torch.Generator().manual_seed(spec.seed + FIGURE_SEED)).cpu().numpy(),
+    arrays = {"prior_samples": gan.sample(spec.eval.prior_samples, torch.Generator().manual_seed(spec.seed + FIGURE_SEED)).cpu().numpy(),
               "originals": shown.cpu().numpy()}
     if source.dirty:
         write_text(folder.eval_source_diff, source.diff)

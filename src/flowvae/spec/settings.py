@@ -294,6 +294,7 @@ class EvalSettings:
     max_batch: int | None = None  # samples per decoder pass (default: 2,000 convolutional, 20,000 otherwise)
     compile: bool = False  # torch.compile the decoder
     decoder_bf16: bool = False  # bfloat16 decoder (check its effect first: python -m flowvae.bench --bf16-check)
+    prior_samples: int = 64  # model samples kept in samples.npz for the figures (a PixelCNN draws them pixel by pixel)
     ais: AISSettings = field(default_factory=AISSettings)  # `flowvae evaluate --estimator ais`
 
     @classmethod
