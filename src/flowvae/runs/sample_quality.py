@@ -131,7 +131,7 @@ def evaluate_sample_quality(spec, run_dir: str | Path, settings: SampleQualitySe
     dev = pick_device(device)
     model = load_trained(spec, run_dir, dev)
     classifier, record, sha256 = load_classifier(spec.profile, spec.dataset_name, dev)
-    test_images, _ = labelled_split_of_spec(spec)
+    test_images = test_images_01(spec)
     start = time.perf_counter()
     sets = draw_sets(model, settings, spec.seed, dev)
     sampling_seconds = time.perf_counter() - start
@@ -150,7 +150,7 @@ def evaluate_sample_quality(spec, run_dir: str | Path, settings: SampleQualitySe
     return result
 
 
-def labelled_split_of_spec(spec) -> tuple[np.ndarray, np.ndarray]:
-    """The test split of a run's data set, in [0, 1], with labels when it has them."""
-    x, y = load_split(spec.prepared_dir / "test.npz", spec=spec.dataset)
-    return images_01(x, spec.dataset), y
+def test_images_01(spec) -> np.ndarray:
+    """The test images of a run's data set, in [0, 1]: the reference the samples are compared with."""
+    x, _ = load_split(spec.prepared_dir / "test.npz", spec=spec.dataset)
+    return images_01(x, spec.dataset)
