@@ -35,7 +35,8 @@ TABLES = [
     {"name": "tableB", "title": "A second table over two of the same runs", "dataset": DATASET, "units": "nats",
      "rows": [{"model": "nf4", "seeds": [0]}, {"model": "vae", "seeds": [0]}]},
     {"name": "tableC", "title": "CIFAR-10, bits/dim", "dataset": "cifar10", "units": "bits_per_dim",
-     "rows": [{"model": "vae", "seeds": [0]}]},
+     "rows": [{"model": "vae", "seeds": [0]}], "metrics": ["neg_log_px", "fcd"],
+     "claims": [{"quote": "the samples are sharp", "where": "a seed, line 1"}]},
 ]
 
 
@@ -138,9 +139,13 @@ def fabricated_runs(root: Path, own_grids: bool = True) -> list[dict[str, str]]:
 
 def test_notebook_writes_every_figure_per_table(tmp_path: Path) -> None:
     runs = fabricated_runs(tmp_path)
+    cifar = Path(runs[-1]["eval"]).with_name("sample_quality.json")
+    cifar.write_text(json.dumps({"fcd": 12.5, "fcd_se": 0.5}))
     out_dir = tmp_path / "reports" / "figures"
     executed = _execute(tmp_path, runs, out_dir, TABLES)
     per_table = [f"{kind}_{t['name']}_{t['dataset']}" for t in TABLES for kind in ("training_curves", "is_curve")]
+    per_table.append("samples_tableC_cifar10")  # only the table that shows the FCD gets its samples side by side
+    assert not list(out_dir.glob("samples_tableA_*")) and not list(out_dir.glob("samples_tableB_*"))
     per_dataset = [f"{stem}_{DATASET}" for stem in ("flow_steps", "reconstructions", "prior_samples", "interpolations",
                                                      "latent_densities", "manifold")]
     for stem in per_table + per_dataset:

@@ -156,6 +156,31 @@ def test_a_pixelcnn_and_a_gan_row_say_how_their_likelihood_was_had(published: pd
     assert _column(md, "FCD") == ["12.50 ± 0.30", "4.25 ± 0.20", "2.50 ± 0.10"]
 
 
+def test_the_gaussian_observation_column_reads_the_gan_eval_and_the_vae_decoder_file(published: pd.DataFrame, tmp_path) -> None:
+    def written(model: str, **fields) -> Path:
+        path = tmp_path / model / "eval.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps(_eval(model, dataset="mnist_8bit", **fields)))
+        return path
+
+    obs = {"estimator": "ais_gaussian_observation", "neg_log_px": 700.0, "neg_log_px_se": 2.0, "sigma": 0.05,
+           "bits_per_dim": {"neg_log_px": 700.0 / (784 * np.log(2))}}
+    vae = written("vae", bits_per_dim={"neg_log_px": 1.5, "neg_elbo": 1.6})
+    (vae.parent / "gaussian_obs.json").write_text(json.dumps({"model": "vae", **obs}))
+    realnvp = written("realnvp_s2_b2", estimator="exact", K=1, bits_per_dim={"neg_log_px": 1.2, "neg_elbo": 1.2})
+    gan = written("gan", **{**obs, "neg_log_px": 600.0, "neg_log_px_se": 3.0, "sigma": 0.1,
+                            "bits_per_dim": {"neg_log_px": 600.0 / (784 * np.log(2))}, "n_images": 200, "ais": {"T": 500, "S": 8}})
+    evals = [inputs.load_eval(p) for p in (vae, realnvp, gan)]
+    spec = {**SPEC, "dataset": "mnist_8bit", "rows": [{"model": "vae"}, {"model": "realnvp_s2_b2"}, {"model": "gan"}],
+            "metrics": ["neg_log_px", "gaussian_obs_neg_log_px"], "claims": [{"quote": "GAN is best", "where": "seed 9 line 3"}]}
+    md, tex = report.build_table("table13", spec, evals, published, {**CONTEXT, "dataset": "mnist_8bit"})
+    assert _column(md, "-log p(x) (Gaussian obs., AIS)") == ["700.00 ± 2.00", "—", "600.00 ± 3.00"]
+    assert "vae σ = 0.05" in md and "the GAN's AIS evaluation applied to each VAE's decoder mean image" in md
+    assert 'Tested here: "GAN is best" (seed 9 line 3).' in md
+    md, _ = report.build_table("table13", {**spec, "units": "bits_per_dim"}, evals, published, {**CONTEXT, "dataset": "mnist_8bit"})
+    assert _column(md, "-log p(x) (Gaussian obs., AIS, bits/dim)")[0].startswith(f"{700.0 / (784 * np.log(2)):.4f} ± ")
+
+
 def test_the_bdmc_gap_of_a_run_is_stated_in_the_caption(published: pd.DataFrame) -> None:
     spec = {**SPEC, "rows": [{"model": "vae"}, {"model": "iaf_d2_w320"}], "metrics": ["neg_log_px", "ais_neg_log_px"]}
     bdmc = {"n_images": 100, "gap": 0.4321, "gap_se": 0.0512, "settings": {"T": 200, "L": 5, "S": 8}}

@@ -86,7 +86,7 @@ def dvc_outputs(profile: str, cwd: Path = REPO) -> set[tuple[str, str]]:
         "from dvc.repo import Repo\n"
         "for s in Repo('.').index.stages:\n"
         "    group = s.addressing.split('@')[0]\n"
-        "    group = 'table' if group.startswith('table') else group if group == 'sample_quality' else group.split('_')[0]\n"
+        "    group = 'table' if group.startswith('table') else group if group in ('sample_quality', 'gaussian_obs') else group.split('_')[0]\n"
         "    for o in s.outs:\n"
         "        print(group, o.def_path)\n"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -141,6 +142,21 @@ def _withdrawn_on_failure(params: dict, spec, folder: RunFolder):
         raise
 
 
+def _withdrawn_if_it_fails(command):
+    """A command on a run folder (args.run_dir) whose failure removes the tables and pages that show the run, as
+    _withdrawn_on_failure does for `flowvae evaluate`: Snakemake reruns them, but a reader would see the old ones."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace):
+        from flowvae.runs.ais import spec_of_folder
+
+        spec = spec_of_folder(args.params, args.run_dir)
+        with _withdrawn_on_failure(load_params(args.params), spec, RunFolder(Path(args.run_dir))):
+            return command(args)
+
+    return run
+
+
 def cmd_train(args: argparse.Namespace) -> int | None:
     from flowvae.runs import distributed
     from flowvae.spec.families import load
@@ -204,10 +220,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.estimator == "ais" and spec.family.evaluator != "flowvae.runs.evaluate:evaluate":
         raise ValueError(f"{spec.variant.name} has its own evaluation (`flowvae evaluate` without --estimator), which for "
                          "the GAN already is AIS under a Gaussian observation model")
-    if args.estimator == "ais":  # ais.json beside eval.json; no table is withdrawn: eval.json stands
+    if args.estimator == "ais":  # ais.json beside eval.json
         from flowvae.runs.ais import evaluate_ais
 
-        result = evaluate_ais(spec, folder.root, threads=args.threads, device=args.device, source=source)
+        with _withdrawn_on_failure(params, spec, folder):
+            result = evaluate_ais(spec, folder.root, threads=args.threads, device=args.device, source=source)
         keys = ("neg_log_px", "neg_log_px_se", "n_images", "accept_rate")
         print(json.dumps({k: result[k] for k in keys}))
         return
@@ -237,6 +254,7 @@ def _ais_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
 
 
+@_withdrawn_if_it_fails
 def cmd_bdmc(args: argparse.Namespace) -> None:
     import torch
 
@@ -263,6 +281,7 @@ def cmd_bdmc(args: argparse.Namespace) -> None:
     print(json.dumps({k: result[k] for k in ("mean_lower", "mean_upper", "gap", "gap_se")}))
 
 
+@_withdrawn_if_it_fails
 def cmd_gaps(args: argparse.Namespace) -> None:
     from flowvae.runs.ais import spec_of_folder
     from flowvae.runs.gaps import GapSettings, inference_gaps
@@ -287,6 +306,7 @@ def cmd_classifier(args: argparse.Namespace) -> None:
     print(json.dumps({k: record[k] for k in ("dataset", "epochs", "test_accuracy")}))
 
 
+@_withdrawn_if_it_fails
 def cmd_sample_quality(args: argparse.Namespace) -> None:
     from flowvae.runs.ais import spec_of_folder
     from flowvae.runs.sample_quality import evaluate_sample_quality, sample_quality_settings
@@ -295,6 +315,16 @@ def cmd_sample_quality(args: argparse.Namespace) -> None:
     settings = sample_quality_settings(load_params(args.params), spec.profile)
     r = evaluate_sample_quality(spec, args.run_dir, settings, threads=args.threads, device=args.device, source=_source(args))
     print(json.dumps({k: r[k] for k in ("model", "fcd", "fcd_se", "samples", "sets")}))
+
+
+@_withdrawn_if_it_fails
+def cmd_gaussian_obs(args: argparse.Namespace) -> None:
+    from flowvae.runs.ais import spec_of_folder
+    from flowvae.runs.gaussian_observation import evaluate_decoder
+
+    spec = spec_of_folder(args.params, args.run_dir)
+    r = evaluate_decoder(spec, args.run_dir, threads=args.threads, device=args.device, source=_source(args))
+    print(json.dumps({k: r[k] for k in ("model", "neg_log_px", "neg_log_px_se", "sigma", "n_images")}))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -464,6 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--allow-dirty", action="store_true", help="run although the sources have uncommitted changes (recorded)")
     p.set_defaults(func=cmd_sample_quality)
+
+    p = sub.add_parser("gaussian-obs", help="a trained VAE decoder's log p under the GAN's Gaussian observation model, by AIS")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a trained VAE run's folder on an 8-bit data set")
+    p.add_argument("--params", default="params.yaml", help="for the ais settings and the data location")
+    p.add_argument("--threads", type=_int_at_least(1, "a positive number of threads"), default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--allow-dirty", action="store_true", help="run although the sources have uncommitted changes (recorded)")
+    p.set_defaults(func=cmd_gaussian_obs)
 
     p = sub.add_parser("verify", help="retrain a run from its own settings record and compare its files byte for byte")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a finished run's folder, e.g. results/smoke/binarized_mnist/vae/seed0")

@@ -142,3 +142,27 @@ rule sample_quality:
         gpu_hundredths=gpu_share,
     shell:
         "flowvae sample-quality {params.folder} --params \"$FLOWVAE_PARAMS\" --threads {threads} > {log} 2>&1"
+
+
+rule gaussian_obs:
+    """A trained VAE decoder's log p under the GAN's Gaussian observation model (gaussian_obs.json), for tables beside a GAN."""
+    input:
+        model=rules.train.output.model,
+        settings=rules.train.output.settings,
+        data=rules.prepare.output,
+    output:
+        metrics=f"{RUN}/{layout.GAUSSIAN_OBS_FILE}",
+        per_image=f"{RUN}/{layout.GAUSSIAN_OBS_PER_IMAGE_FILE}",
+    params:
+        settings=lambda w: plan.param_values(config, plan.ais_param_keys(w.profile)),
+        folder=lambda w: RUN.format(**w),
+    log:
+        f"logs/gaussian_obs/{RUN_LOG}",
+    threads: resource("threads")
+    resources:
+        mem_mb=resource("mem_mb"),
+        runtime=resource("runtime_min"),
+        gpu=resource("gpus"),
+        gpu_hundredths=gpu_share,
+    shell:
+        "flowvae gaussian-obs {params.folder} --params \"$FLOWVAE_PARAMS\" --threads {threads} > {log} 2>&1"

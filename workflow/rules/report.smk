@@ -35,6 +35,7 @@ rule table:
         bdmc=lambda w: run_outputs(plan.bdmc_runs(config, w.table), w.profile, rules.bdmc.output.metrics),
         sample_quality=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.sample_quality.output.metrics)
         if plan.table_needs_sample_quality(config, w.table) else [],
+        gaussian_obs=lambda w: run_outputs(plan.gaussian_obs_runs(config, w.table), w.profile, rules.gaussian_obs.output.metrics),
         # The models too: a model replaced or corrupted after its evaluation makes the table out of date, so
         # a failed re-evaluation can never leave an older table looking current.
         models=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.train.output.model),
@@ -79,6 +80,9 @@ rule figures:
             rules.train.output.history,
             rules.evaluate.output.samples,
         ),
+        # the FCD that titles the samples of the tables that show it
+        sample_quality=lambda w: run_outputs(plan.summary_sample_quality_runs(config, f"summary{w.part}"), w.profile,
+                                             rules.sample_quality.output.metrics),
     output:
         # Every PNG of the folder in the report's "Figures", one subcategory per data set.
         figures=report(

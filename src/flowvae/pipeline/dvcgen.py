@@ -32,6 +32,8 @@ from flowvae.spec.layout import (
     FIGURE_INPUTS,
     GAPS_FILE,
     GAPS_PER_IMAGE_FILE,
+    GAUSSIAN_OBS_FILE,
+    GAUSSIAN_OBS_PER_IMAGE_FILE,
     HISTORY_FILE,
     MODEL_FILE,
     PER_IMAGE_FILE,
@@ -137,6 +139,9 @@ def dvc_stages(params: dict) -> dict:
                         plan.sample_quality_param_keys(PROFILE), [], SAMPLE_QUALITY_FILE)
         stage["do"]["deps"].append(f"{CLASSIFIER_PATTERN.format(profile=PROFILE, dataset='${item.dataset}')}/{CLASSIFIER_WEIGHTS}")
         stages["sample_quality"] = stage
+    if plan.gaussian_obs_runs(params):  # only VAE runs of tables that show a Gaussian-observation metric
+        stages["gaussian_obs"] = per_run(plan.gaussian_obs_runs(params), f"flowvae gaussian-obs {RUN} --params params.yaml",
+                                         plan.ais_param_keys(PROFILE), [f"{RUN}/{GAUSSIAN_OBS_PER_IMAGE_FILE}"], GAUSSIAN_OBS_FILE)
     for table in plan.table_names(params):
         evals = [r.path(PROFILE, EVAL_FILE) for r in plan.table_runs(params, table)]
         ais_files = [r.path(PROFILE, name) for r in plan.table_runs(params, table) for name in (AIS_FILE, AIS_PER_IMAGE_FILE)] \
@@ -146,6 +151,7 @@ def dvc_stages(params: dict) -> dict:
         ais_files += [r.path(PROFILE, BDMC_FILE) for r in plan.bdmc_runs(params, table)]
         ais_files += [r.path(PROFILE, SAMPLE_QUALITY_FILE) for r in plan.table_runs(params, table)] \
             if plan.table_needs_sample_quality(params, table) else []
+        ais_files += [r.path(PROFILE, GAUSSIAN_OBS_FILE) for r in plan.gaussian_obs_runs(params, table)]
         stages[table] = {
             "cmd": (
                 f"flowvae report table --params params.yaml --profile ${{profile}} --table {table}"
@@ -169,6 +175,7 @@ def dvc_stages(params: dict) -> dict:
         figures = f"{REPORTS}/{plan.figures_name(summary)}"
         run_files = [r.path(PROFILE, name) for r in plan.summary_runs(params, summary)
                      for name in FIGURE_INPUTS]
+        run_files += [r.path(PROFILE, SAMPLE_QUALITY_FILE) for r in plan.summary_sample_quality_runs(params, summary)]
         stages[plan.figures_name(summary)] = {
             "cmd": (
                 f"flowvae figures --profile ${{profile}} --notebook {params['figures']['notebook']} --summary {summary}"

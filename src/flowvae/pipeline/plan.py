@@ -115,19 +115,26 @@ def summary_runs(params: dict, summary: str) -> list[Run]:
 
 def figure_tables(params: dict, summary: str) -> list[dict]:
     """The groups the figures notebook draws curves for: each table of a summary page (name, title, data set,
-    units, its rows in order with their model and seeds), then the figures' 2-D latent models as `latent2d`."""
+    units, its rows in order with their model and seeds, its metrics and claims), then the figures' 2-D latent models
+    as `latent2d`."""
     groups = []
     for name in summary_tables(params, summary):
         spec = params["tables"][name]
         rows = [{"model": row["model"], "seeds": row_seeds(params, row)} for row in spec["rows"]]
         groups.append({"name": name, "title": spec.get("title") or name, "dataset": spec["dataset"],
-                       "units": spec.get("units") or "nats", "rows": rows})
+                       "units": spec.get("units") or "nats", "rows": rows, "metrics": list(spec["metrics"]),
+                       "claims": list(spec.get("claims") or [])})
     latent = (params.get("figures") or {}).get("latent2d")
     if latent:
         rows = [{"model": r.model, "seeds": [r.seed]} for r in figure_runs(params)]
         groups.append({"name": "latent2d", "title": "The 2-D latent models of the latent density figure",
-                       "dataset": latent["dataset"], "units": "nats", "rows": rows})
+                       "dataset": latent["dataset"], "units": "nats", "rows": rows, "metrics": [], "claims": []})
     return groups
+
+
+def summary_sample_quality_runs(params: dict, summary: str) -> list[Run]:
+    """The runs of a summary page's tables that show the FCD: the figures title their samples with it."""
+    return sorted({r for t in summary_tables(params, summary) if table_needs_sample_quality(params, t) for r in table_runs(params, t)})
 
 
 def figures_param_keys(params: dict, summary: str) -> list[str]:
@@ -201,6 +208,23 @@ def table_needs_sample_quality(params: dict, table: str) -> bool:
 def sample_quality_runs(params: dict) -> list[Run]:
     """The runs whose samples a table scores (sample_quality.json), sorted."""
     return sorted({r for t in table_names(params) if table_needs_sample_quality(params, t) for r in table_runs(params, t)})
+
+
+def table_needs_gaussian_obs(params: dict, table: str) -> bool:
+    """Whether a table shows a metric under the Gaussian observation model (spec/metrics.py's GAUSSIAN_OBS_METRICS)."""
+    from flowvae.spec.metrics import GAUSSIAN_OBS_METRICS
+
+    return any(m in GAUSSIAN_OBS_METRICS for m in params["tables"][table].get("metrics") or [])
+
+
+def gaussian_obs_runs(params: dict, table: str | None = None) -> list[Run]:
+    """The VAE runs (posterior families of models/vae.py) whose decoder a table evaluates under the Gaussian observation
+    model (gaussian_obs.json), sorted; the GAN's own evaluation is that one, and a density model has no decoder."""
+    from flowvae.spec.families import FLOW_VAE
+
+    tables = [table] if table else table_names(params)
+    return sorted({r for t in tables if table_needs_gaussian_obs(params, t) for r in table_runs(params, t)
+                   if family(r.variant.family).builder == FLOW_VAE})
 
 
 def classifier_datasets(params: dict) -> list[str]:

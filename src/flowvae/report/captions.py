@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from flowvae.report.commands import dirty_rows
 from flowvae.report.format import describe, num
-from flowvae.spec.metrics import BY_PUBLISHED
+from flowvae.spec.metrics import BY_PUBLISHED, GAUSSIAN_OBS_ESTIMATOR, GAUSSIAN_OBS_METRICS
 from flowvae.spec.variants import parse_variant
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def caption(t: TableRuns, shown: dict[str, str], columns: list[str] = ()) -> tup
         parts.append(f"{first('epochs')} epochs.")
     parts += _estimator_text(t)
     parts += _bdmc_text(t)
+    parts += _decoder_gaussian_obs_text(t)
     seed_metric = t.seed_metric
     if seed_metric is not None:
         parts.append(f"Rows with several seeds show the mean over seeds; ± is the standard error over test points "
@@ -57,6 +58,7 @@ def caption(t: TableRuns, shown: dict[str, str], columns: list[str] = ()) -> tup
     parts += _paired_text(t, columns)
     parts += _published_text(t, shown)
     parts += _setups_text(t)
+    parts += [f'Tested here: "{c["quote"]}" ({c["where"]}).' for c in spec.get("claims") or []]
     return title, " ".join(parts)
 
 
@@ -82,8 +84,8 @@ def _estimator_text(t: TableRuns) -> list[str]:
     exact = [ev for ev in t.chosen if ev.get("estimator") == "exact"]
     flows = sorted({str(ev["model"]) for ev in exact if parse_variant(str(ev["model"])).family == "realnvp"})
     autoregressive = sorted({str(ev["model"]) for ev in exact if parse_variant(str(ev["model"])).family == "pixelcnn"})
-    gans = [ev for ev in t.chosen if ev.get("estimator") == "ais_gaussian_observation"]
-    sampled = [ev for ev in t.chosen if ev.get("estimator") not in ("exact", "ais_gaussian_observation")]
+    gans = [ev for ev in t.chosen if ev.get("estimator") == GAUSSIAN_OBS_ESTIMATOR]
+    sampled = [ev for ev in t.chosen if ev.get("estimator") not in ("exact", GAUSSIAN_OBS_ESTIMATOR)]
     if sampled:
         parts.append(f"-log p(x) is the importance-sampling estimate with K = {describe(ev.get('K') for ev in sampled)} "
                      "samples per test image (Burda et al. 2016)" + (" for the VAEs." if len(sampled) < len(t.chosen) else "."))
@@ -101,6 +103,19 @@ def _estimator_text(t: TableRuns) -> list[str]:
                      f"validation images (Wu et al. 2017), on {ev.get('n_images')} seeded test images dequantized as "
                      "(k + u)/256, as a density of k + u: a continuous density, a lower bound on no discrete likelihood.")
     return parts
+
+
+def _decoder_gaussian_obs_text(t: TableRuns) -> list[str]:
+    """The VAE rows of a Gaussian-observation column: the GAN's evaluation applied to their decoder's mean image."""
+    if not any(m.key in GAUSSIAN_OBS_METRICS for m in t.metrics):
+        return []
+    decoders = [ev for ev in t.chosen if ev.get("estimator") != GAUSSIAN_OBS_ESTIMATOR and isinstance(ev.get("gaussian_obs"), dict)]
+    if not decoders:
+        return []
+    sigmas = ", ".join(f"{ev['model']} σ = {ev['gaussian_obs'].get('sigma')}" for ev in decoders)
+    return [f"Gaussian-observation column: the GAN's AIS evaluation applied to each VAE's decoder mean image in place of "
+            f"G(z) (flowvae gaussian-obs; {sigmas}, each picked on validation images), so that the GAN and the VAEs "
+            "compare on one scale and one observation model; blank for the models with a likelihood of their own only."]
 
 
 def _bdmc_text(t: TableRuns) -> list[str]:

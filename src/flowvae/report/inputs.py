@@ -14,8 +14,18 @@ import pandas as pd
 from flowvae.files.errors import CorruptFileError
 from flowvae.files.jsonfiles import read_json_lines, read_json_object
 from flowvae.spec.layout import (
-    AIS_FILE, AIS_PER_IMAGE_FILE, BDMC_FILE, EVAL_FILE, EVAL_TIMINGS_FILE, GAPS_FILE, HISTORY_FILE, PER_IMAGE_FILE, SAMPLE_QUALITY_FILE,
-    TIMINGS_FILE,
+    AIS_FILE, AIS_PER_IMAGE_FILE, BDMC_FILE, EVAL_FILE, EVAL_TIMINGS_FILE, GAPS_FILE, GAUSSIAN_OBS_FILE, HISTORY_FILE, PER_IMAGE_FILE,
+    SAMPLE_QUALITY_FILE, TIMINGS_FILE,
+)
+from flowvae.spec.metrics import GAUSSIAN_OBS_ESTIMATOR
+
+# The evaluations beside eval.json that a table reads: (file, key of the eval's dict, the command that writes it)
+BESIDE_EVAL = (
+    (AIS_FILE, "ais", "flowvae evaluate --estimator ais"),  # ais_neg_log_px, is_bias
+    (GAPS_FILE, "gaps", "flowvae gaps RUN_DIR"),  # the GAP_METRICS
+    (BDMC_FILE, "bdmc", "flowvae bdmc RUN_DIR"),  # the BDMC check of the AIS settings, stated in the caption
+    (SAMPLE_QUALITY_FILE, "sample_quality", "flowvae sample-quality RUN_DIR"),  # the Fréchet classifier distance
+    (GAUSSIAN_OBS_FILE, "gaussian_obs", "flowvae gaussian-obs RUN_DIR"),  # a VAE decoder under the Gaussian observation model
 )
 
 RETRAIN_HISTORY = f"delete the run's {HISTORY_FILE} and rerun its training (it resumes from its checkpoint and writes the file again)"
@@ -68,21 +78,14 @@ def load_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
     per_image = Path(path).with_name(PER_IMAGE_FILE)
     if per_image.is_file():  # for paired differences between rows (report/paired.py)
         ev["_per_image"] = _arrays(per_image, "delete it and rerun the run's evaluation")
-    ais = Path(path).with_name(AIS_FILE)
-    if ais.is_file():  # the AIS evaluation beside it: the ais_neg_log_px and is_bias metrics
-        remedy = "delete it and rerun `flowvae evaluate --estimator ais`"
-        ev["ais"] = read_json_object(ais, remedy)
-        if ais.with_name(AIS_PER_IMAGE_FILE).is_file():
-            ev["_ais_per_image"] = _arrays(ais.with_name(AIS_PER_IMAGE_FILE), remedy)
-    gaps = Path(path).with_name(GAPS_FILE)
-    if gaps.is_file():  # the inference gaps beside it (`flowvae gaps`): the GAP_METRICS
-        ev["gaps"] = read_json_object(gaps, "delete it and rerun `flowvae gaps` on the run folder")
-    bdmc = Path(path).with_name(BDMC_FILE)
-    if bdmc.is_file():  # the BDMC check of its AIS settings (`flowvae bdmc`), stated in the caption
-        ev["bdmc"] = read_json_object(bdmc, "delete it and rerun `flowvae bdmc` on the run folder")
-    sample_quality = Path(path).with_name(SAMPLE_QUALITY_FILE)
-    if sample_quality.is_file():  # the Fréchet classifier distance of its samples (`flowvae sample-quality`)
-        ev["sample_quality"] = read_json_object(sample_quality, "delete it and rerun `flowvae sample-quality` on the run folder")
+    for name, key, command in BESIDE_EVAL:
+        beside = Path(path).with_name(name)
+        if beside.is_file():
+            ev[key] = read_json_object(beside, f"delete it and rerun `{command}`")
+    if "ais" in ev and Path(path).with_name(AIS_PER_IMAGE_FILE).is_file():
+        ev["_ais_per_image"] = _arrays(Path(path).with_name(AIS_PER_IMAGE_FILE), "delete it and rerun `flowvae evaluate --estimator ais`")
+    if ev.get("estimator") == GAUSSIAN_OBS_ESTIMATOR:  # the GAN's own evaluation is the Gaussian-observation one
+        ev["gaussian_obs"] = {k: ev[k] for k in ("neg_log_px", "neg_log_px_se", "bits_per_dim", "sigma") if k in ev}
     for name, keys in ((EVAL_TIMINGS_FILE, ("eval_seconds", "is_samples_per_s")), (TIMINGS_FILE, ("train_minutes",))):
         beside = Path(path).with_name(name)
         if beside.is_file():

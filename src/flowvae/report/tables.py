@@ -161,12 +161,14 @@ def _values(m: Metric, runs: list[Mapping[str, Any]], table: str) -> list[float]
     return values
 
 
-def _ours(m: Metric, runs: list[Mapping[str, Any]], table: str) -> tuple[Cell, float]:
+def _ours(m: Metric, runs: list[Mapping[str, Any]], table: str) -> tuple[Cell, float | None]:
     """Our entry for one metric: the mean over a model's seeds ± the standard error over test points.
 
     With several seeds the standard error is the runs' mean one (the seed-to-seed spread has its own
-    column, see _seed_sd).
+    column, see _seed_sd). A metric of some rows only (Metric.some_rows) is blank where no run has it.
     """
+    if m.some_rows and all(m.get(ev) is None for ev in runs):
+        return Cell(MISSING_MD, MISSING_TEX), None
     mean = statistics.fmean(_values(m, runs, table))
     errors = [m.se(ev) for ev in runs] if m.se is not None else []
     err = statistics.fmean(float(e) for e in errors) if errors and None not in errors else None
@@ -263,7 +265,7 @@ def build_table(
         columns += [("published", "published"), (f"Δ {m.md}", rf"$\Delta$ {m.tex}")]
         for cells, model in zip(body, t.models):
             value = pub_value.get((ref, t.pub_key[model], m.published))
-            if value is None:
+            if value is None or means[model] is None:
                 cells += [Cell(MISSING_MD, MISSING_TEX)] * 2
                 continue
             digits = max(m.digits, 1) if m.key == "active_units" else m.digits

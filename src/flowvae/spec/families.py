@@ -76,7 +76,7 @@ FAMILIES: tuple[Family, ...] = (
         builder="flowvae.models.gan:build_gan",
         objectives=False,
         trainer="flowvae.runs.gan_training:GANTrainer",
-        evaluator="flowvae.runs.gan_evaluation:evaluate_gan",
+        evaluator="flowvae.runs.gaussian_observation:evaluate_gan",
     ),
 )
 

@@ -36,6 +36,9 @@ GAPS_FILE = "gaps.json"  # `flowvae gaps`: L[q], L[q*] and AIS log p(x) on a see
 GAPS_PER_IMAGE_FILE = "gaps.npz"  # their per-image float64 values
 BDMC_FILE = "bdmc.json"  # `flowvae bdmc`: forward and reverse AIS on images simulated from the model (runs/ais.py)
 BDMC_PER_IMAGE_FILE = "bdmc.npz"  # their per-image bounds
+# `flowvae gaussian-obs`: a VAE decoder's log p under the GAN's Gaussian observation model (runs/gaussian_observation.py)
+GAUSSIAN_OBS_FILE = "gaussian_obs.json"
+GAUSSIAN_OBS_PER_IMAGE_FILE = "gaussian_obs.npz"  # its test images' indices and float64 -log p
 SAMPLE_QUALITY_FILE = "sample_quality.json"  # `flowvae sample-quality`: the Fréchet classifier distance (runs/sample_quality.py)
 # A data set's feature classifier (`flowvae classifier`), beside its runs: results/{profile}/{dataset}/classifier/
 CLASSIFIER_PATTERN = "results/{profile}/{dataset}/classifier"

@@ -19,6 +19,7 @@ class Metric:
     published: str | None = None
     digits: int = 2
     shows_k: bool = False
+    some_rows: bool = False  # blank for the rows whose runs lack it, where other metrics' missing values are errors
 
 
 def _field(*path: str) -> Callable[[Mapping[str, Any]], Any]:
@@ -77,6 +78,15 @@ AIS_METRICS = ("ais_neg_log_px", "is_bias")
 GAP_METRICS = ("neg_elbo_q", "neg_elbo_q_star", "gaps_ais_neg_log_px", "approximation_gap", "amortization_gap")
 # Metrics read from sample_quality.json (`flowvae sample-quality`): a table that shows one needs its samples scored.
 SAMPLE_QUALITY_METRICS = ("fcd",)
+# eval.json's `estimator` of the GAN's evaluation (runs/gaussian_observation.py), AIS under a Gaussian observation model
+GAUSSIAN_OBS_ESTIMATOR = "ais_gaussian_observation"
+# Metrics under the Gaussian observation model (runs/gaussian_observation.py): a GAN's eval.json, a VAE's gaussian_obs.json.
+GAUSSIAN_OBS_METRICS = ("gaussian_obs_neg_log_px", "gaussian_obs_bits_per_dim")
+
+
+def _gaussian_obs_bpd_se(ev: Mapping[str, Any]) -> Any:
+    obs = ev.get("gaussian_obs")
+    return _bpd_se("neg_log_px", "neg_log_px")(obs) if isinstance(obs, Mapping) else None
 
 
 def _negated(*path: str) -> Callable[[Mapping[str, Any]], Any]:
@@ -115,6 +125,11 @@ METRICS: dict[str, Metric] = {
                _field("gaps", "approximation_gap_se"), "approximation_gap"),
         Metric("amortization_gap", "amortization gap", "amortization gap", _field("gaps", "amortization_gap"),
                _field("gaps", "amortization_gap_se"), "amortization_gap"),
+        Metric("gaussian_obs_neg_log_px", "-log p(x) (Gaussian obs., AIS)", r"$-\log p(x)$ (Gaussian obs., AIS)",
+               _field("gaussian_obs", "neg_log_px"), _field("gaussian_obs", "neg_log_px_se"), some_rows=True),
+        Metric("gaussian_obs_bits_per_dim", "-log p(x) (Gaussian obs., AIS, bits/dim)",
+               r"$-\log p(x)$ (Gaussian obs., AIS, bits/dim)", _field("gaussian_obs", "bits_per_dim", "neg_log_px"),
+               _gaussian_obs_bpd_se, None, 4, some_rows=True),
         Metric("fcd", "FCD", "FCD", _field("sample_quality", "fcd"), _field("sample_quality", "fcd_se"), "fcd"),
     )
 }
@@ -124,7 +139,8 @@ ALIASES = {
     "bits_per_dim.neg_log_px": "bits_per_dim",
 }
 # `units: bits_per_dim` in a table spec turns the nats metrics into their bits/dim versions.
-BPD_UNITS = {"neg_elbo": "bits_per_dim_elbo", "neg_log_px": "bits_per_dim", "gap": "gap_bits_per_dim"}
+BPD_UNITS = {"neg_elbo": "bits_per_dim_elbo", "neg_log_px": "bits_per_dim", "gap": "gap_bits_per_dim",
+             "gaussian_obs_neg_log_px": "gaussian_obs_bits_per_dim"}
 BY_PUBLISHED = {m.published: m for m in METRICS.values() if m.published}
 
 

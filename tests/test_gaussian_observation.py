@@ -1,4 +1,4 @@
-"""log p(x) under a Gaussian observation model by AIS (runs/gan_evaluation.py), against exact values of linear models."""
+"""log p(x) under a Gaussian observation model by AIS (runs/gaussian_observation.py), against exact values of linear models."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from flowvae.files.provenance import SourceState
 from flowvae.models.build import build_variant
 from flowvae.runs import ais
 from flowvae.runs.checkpoint import run_metadata, save_weights
-from flowvae.runs.gan_evaluation import AIS_SEED, ais_log_px, evaluate_gan, gaussian_observation_log_px, select_sigma
+from flowvae.runs.gaussian_observation import (
+    AIS_SEED, ais_log_px, evaluate_decoder, evaluate_gan, gaussian_observation_log_px, select_sigma,
+)
 from flowvae.spec.layout import RunFolder
 from flowvae.spec.run import RunSpec
 from flowvae.spec.settings import AISSettings
@@ -89,17 +91,18 @@ def test_sigma_selection_picks_the_sigma_that_generated_the_data(sigma_true):
         select_sigma(mean, 2, images.view(24, *shape), (0.1, 0.0), AISSettings(T=2), torch.Generator())
 
 
-def gan_run(tmp_path, source: SourceState) -> tuple[RunSpec, RunFolder, torch.nn.Module]:
-    """A tiny untrained GAN on 8-bit 4x4 images, saved as a finished run folder is (weights, settings.json, train.jsonl)."""
+def gan_run(tmp_path, source: SourceState, model: str = "gan") -> tuple[RunSpec, RunFolder, torch.nn.Module]:
+    """A tiny untrained GAN (or another model) on 8-bit 4x4 images, saved as a finished run folder is (weights,
+    settings.json, train.jsonl)."""
     params = tiny_params(tmp_path)
     add_gray_dataset(params, tmp_path, "gray", (1, 4, 4), "discretized_logistic", (32, 16, 16))
     profile = params["profiles"]["test"]
     profile["gan"] = {"latent_dim": 3, "generator_hidden": [8, 8], "discriminator_hidden": [8]}
     profile["ais"] = {"T": 6, "L": 2, "S": 4, "images": 8, "batch_size": 4}
-    spec = RunSpec.resolve(params, "test", "gray", "gan", 0)
+    spec = RunSpec.resolve(params, "test", "gray", model, 0)
     folder = RunFolder(tmp_path / "run")
     torch.manual_seed(0)
-    gan = build_variant("gan", spec.network, spec.image_shape, spec.likelihood)
+    gan = build_variant(model, spec.network, spec.image_shape, spec.likelihood)
     metadata = run_metadata(spec, 2, source)
     save_weights(gan.state_dict(), folder.model, metadata)
     write_json(folder.settings, metadata)
@@ -147,3 +150,25 @@ def test_evaluate_gan_writes_eval_json_with_sigma_grid_scale_and_provenance(tmp_
     folder.model.unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
         evaluate_gan(spec, folder.root, device="cpu", source=source)
+
+
+def test_evaluate_decoder_applies_the_gan_evaluation_to_a_vae_decoder_mean_and_refuses_other_families(tmp_path):
+    source = SourceState("0" * 40)
+    spec, folder, vae = gan_run(tmp_path, source, model="vae")
+    r = evaluate_decoder(spec, folder.root, threads=1, device="cpu", source=source, sigma_grid=(0.1, 0.3), grid_T=3, grid_images=8)
+    assert json.loads((folder.root / "gaussian_obs.json").read_text()) == r
+    assert r["model"] == "vae" and r["estimator"] == "ais_gaussian_observation" and r["commit"] == "0" * 40
+    assert r["sigma"] == min(r["sigma_grid"], key=lambda row: row["neg_log_px_valid"])["sigma"]
+    assert "discretized_logistic mean image" in r["mean_of"] and r["seconds"]["ais_seconds"] > 0
+    per_image = np.load(folder.root / "gaussian_obs.npz")
+    assert per_image["gaussian_obs_neg_log_px"].mean() == pytest.approx(r["neg_log_px"], abs=1e-9)
+    index, images, _ = ais.test_images(spec, "cpu", 8)
+    assert np.array_equal(per_image["index"], index)
+    again = gaussian_observation_log_px(vae.eval().decode_mean, vae.latent_dim, images, r["sigma"], spec.eval.ais,
+                                        torch.Generator().manual_seed(spec.seed + AIS_SEED))
+    assert np.allclose(-again.log_px.numpy(), per_image["gaussian_obs_neg_log_px"])
+    assert not folder.eval.exists()  # beside eval.json, never in its place
+
+    spec, folder, _ = gan_run(tmp_path / "gan", source)
+    with pytest.raises(ValueError, match="gan family is not one"):
+        evaluate_decoder(spec, folder.root, device="cpu", source=source)

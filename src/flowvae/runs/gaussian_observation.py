@@ -1,9 +1,10 @@
-"""log p(x) of a GAN by annealed importance sampling under a Gaussian observation model (Wu et al. 2017, "On the
+"""log p(x) of a GAN, or of a VAE's decoder, by annealed importance sampling under a Gaussian observation model (Wu et al. 2017, "On the
 quantitative analysis of decoder-based generative models").
 
 Model: p(x) = ∫ N(x; G(z), σ² I) N(z; 0, I) dz for images x in [0, 1]^D, G(z) the generator's image in [0, 1]^D and one
 standard deviation σ (in [0, 1] units) for all pixels. Any decoder mean works the same way (`mean`: latents (N, latent_dim)
--> images (N, C, H, W)), so a VAE's decode_mean can be evaluated under the same model for comparison.
+-> images (N, C, H, W)): evaluate_gan evaluates a GAN's generator (its eval.json), evaluate_decoder a VAE's decode_mean
+under the same model for comparison (gaussian_obs.json and gaussian_obs.npz beside its eval.json, `flowvae gaussian-obs`).
 
 Data: 8-bit images k (given as k / 255, as the data pipeline gives them) are dequantized once, x = (k + u) / 256 with
 u ~ U[0, 1)^D seeded, as Wu et al.'s code (experiments/run.py) adds U[0, 1) / 256 to MNIST. The Gaussian's mass outside
@@ -41,7 +42,11 @@ eval.json (nats per image on the 8-bit scale unless said otherwise):
   latent_dim, epochs                              epochs: lines of train.jsonl
 No wall-clock field: eval_timings.json. per_image.npz: index (positions in the test split) and gaussian_obs_neg_log_px
 (float64) of the evaluated images: not named neg_log_px, so that no table pairs it with another model's log-likelihood
-on other images and another observation model. samples.npz: prior_samples (eval.prior_samples generated images, 64 by default) and originals (16 test images), float32.
+on other images and another observation model. samples.npz: prior_samples (eval.prior_samples generated images, 64 by
+default) and originals (16 test images), float32.
+
+gaussian_obs.json of a VAE: the same identity and fields from `estimator` to `gradient_evaluations_per_chain`, with
+mean_of (which mean image) and seconds (eval_timings.json's fields); gaussian_obs.npz as the GAN's per_image.npz.
 """
 
 from __future__ import annotations
@@ -58,9 +63,10 @@ import torch
 from torch import Tensor, nn
 
 from flowvae.runs.ais import AISTarget, forward_ais
+from flowvae.spec.metrics import GAUSSIAN_OBS_ESTIMATOR
 from flowvae.spec.settings import AISSettings
 
-ESTIMATOR = "ais_gaussian_observation"
+ESTIMATOR = GAUSSIAN_OBS_ESTIMATOR
 SIGMA_GRID = (0.01, 0.02, 0.05, 0.07, 0.1, 0.15, 0.2)  # σ in [0, 1] units; 0.07, 0.1, 0.15: near Wu et al.'s choices
 GRID_IMAGES = 100  # validation images of the σ grid
 GRID_T_DIVISOR = 5  # the grid's AIS runs T // 5 temperatures (at least 1)
@@ -187,42 +193,28 @@ def frozen_generator(generator: nn.Module) -> nn.Module:
     return generator
 
 
-def evaluate_gan(spec, run_dir: str | Path, threads: int | None = None, device: str | None = None,
-                 max_batch: int | None = None, source=None, sigma_grid: Sequence[float] = SIGMA_GRID,
-                 grid_T: int | None = None, grid_images: int = GRID_IMAGES) -> dict:
-    """Evaluate a trained GAN run: σ on validation images, then AIS of log p on the seeded test subset; write eval.json,
-    eval_timings.json, per_image.npz and samples.npz; return eval.json's dict.
+@dataclass
+class GaussianObservationRecord:
+    """The Gaussian-observation evaluation of a decoder mean: eval.json's fields from `estimator` on, the evaluated
+    test images' indices and float64 -log p on the 8-bit scale, and the wall-clock seconds of σ's choice and the AIS."""
 
-    max_batch: latents per generator pass (S chains times the images of an AIS batch; default: eval.ais's batch_size
-    images). grid_T: temperatures of the σ grid's AIS (default ais.T // 5). `source`: as for evaluate.evaluate.
+    fields: dict
+    index: np.ndarray
+    neg_log_px: Tensor
+    timings: dict
+
+
+def evaluate_mean(spec, mean: MeanFn, latent_dim: int, dev: torch.device, max_batch: int | None = None,
+                  sigma_grid: Sequence[float] = SIGMA_GRID, grid_T: int | None = None,
+                  grid_images: int = GRID_IMAGES) -> GaussianObservationRecord:
+    """σ on validation images, then AIS of log p on the seeded test subset, for any decoder mean of a run.
+
+    max_batch: latents per decoder pass (S chains times the images of an AIS batch; default: eval.ais's batch_size
+    images). grid_T: temperatures of the σ grid's AIS (default ais.T // 5).
     """
-    from flowvae.files.atomic import write_json, write_npz, write_text
-    from flowvae.files.jsonfiles import read_json_lines
-    from flowvae.files.provenance import source_state
-    from flowvae.models.build import build_model, count_parameters
-    from flowvae.models.likelihoods import get_likelihood
     from flowvae.runs.ais import ais_settings_record
-    from flowvae.runs.checkpoint import load_weights
-    from flowvae.runs.device import pick_device
-    from flowvae.runs.evaluate import check_recorded, evaluation_identity, standard_error
-    from flowvae.spec.layout import RunFolder
+    from flowvae.runs.evaluate import standard_error
 
-    folder = RunFolder(Path(run_dir))
-    source = source if source is not None else source_state()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    dev = pick_device(device)
-    if not get_likelihood(spec.likelihood).eight_bit:
-        raise ValueError(f"{spec.dataset_name} is not an 8-bit data set (likelihood {spec.likelihood}): the Gaussian "
-                         "observation model of the GAN's evaluation is defined on dequantized 8-bit images")
-    if not folder.model.exists():
-        raise FileNotFoundError(f"{folder.model} is missing: train the run first (`flowvae train ...`)")
-    recorded = check_recorded(spec, folder)
-    gan = build_model(spec).to(dev)
-    load_weights(gan, folder.model)
-    n_params = count_parameters(gan.generator)
-    generator = frozen_generator(gan.generator)
-    history = read_json_lines(folder.history, "delete the run folder and train the run again")
     s = spec.eval.ais
     if max_batch:
         s = dataclasses.replace(s, batch_size=max(1, min(s.batch_size, max_batch // s.S)))
@@ -231,17 +223,15 @@ def evaluate_gan(spec, run_dir: str | Path, threads: int | None = None, device: 
     index, test, n_test = seeded_images(spec, "test", s.images, dev)
 
     start = time.perf_counter()
-    sigma, rows = select_sigma(generator.mean_image, gan.latent_dim, valid, sigma_grid, grid_settings,
+    sigma, rows = select_sigma(mean, latent_dim, valid, sigma_grid, grid_settings,
                                torch.Generator(device=dev).manual_seed(spec.seed + SIGMA_SEED))
     selected = time.perf_counter()
-    r = gaussian_observation_log_px(generator.mean_image, gan.latent_dim, test, sigma, s,
-                                    torch.Generator(device=dev).manual_seed(spec.seed + AIS_SEED))
+    r = gaussian_observation_log_px(mean, latent_dim, test, sigma, s, torch.Generator(device=dev).manual_seed(spec.seed + AIS_SEED))
     end = time.perf_counter()
 
     neg = (-r.log_px).double().cpu()
     d = math.prod(spec.image_shape)
-    metrics = {
-        **evaluation_identity(spec, source, recorded, dev),
+    fields = {
         "estimator": ESTIMATOR,
         "observation_model": "x = (k + u) / 256, u ~ U[0, 1); p(x) = ∫ N(x; G(z), sigma^2 I) N(z; 0, I) dz; "
                              "-log p of k + u on [0, 256)^D in nats per image (-log p(x) + D log 256)",
@@ -258,6 +248,53 @@ def evaluate_gan(spec, run_dir: str | Path, threads: int | None = None, device: 
         "ais": ais_settings_record(s, "prior"),
         "accept_rate": float(r.accept_rate.mean()),
         "gradient_evaluations_per_chain": int(r.gradient_evaluations),
+    }
+    evaluations = neg.numel() * s.S * r.gradient_evaluations
+    timings = {"eval_seconds": end - start, "sigma_selection_seconds": selected - start, "ais_seconds": end - selected,
+               "ais_gradient_evaluations_per_s": evaluations / (end - selected)}
+    return GaussianObservationRecord(fields, index.astype(np.int64), neg, timings)
+
+
+def _eight_bit(spec) -> None:
+    from flowvae.models.likelihoods import get_likelihood
+
+    if not get_likelihood(spec.likelihood).eight_bit:
+        raise ValueError(f"{spec.dataset_name} is not an 8-bit data set (likelihood {spec.likelihood}): the Gaussian "
+                         "observation model is defined on dequantized 8-bit images")
+
+
+def evaluate_gan(spec, run_dir: str | Path, threads: int | None = None, device: str | None = None,
+                 max_batch: int | None = None, source=None, sigma_grid: Sequence[float] = SIGMA_GRID,
+                 grid_T: int | None = None, grid_images: int = GRID_IMAGES) -> dict:
+    """Evaluate a trained GAN run (evaluate_mean of its generator); write eval.json, eval_timings.json, per_image.npz
+    and samples.npz; return eval.json's dict. `source`: as for evaluate.evaluate."""
+    from flowvae.files.atomic import write_json, write_npz, write_text
+    from flowvae.files.jsonfiles import read_json_lines
+    from flowvae.files.provenance import source_state
+    from flowvae.models.build import build_model, count_parameters
+    from flowvae.runs.checkpoint import load_weights
+    from flowvae.runs.device import pick_device
+    from flowvae.runs.evaluate import check_recorded, evaluation_identity
+    from flowvae.spec.layout import RunFolder
+
+    folder = RunFolder(Path(run_dir))
+    source = source if source is not None else source_state()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dev = pick_device(device)
+    _eight_bit(spec)
+    if not folder.model.exists():
+        raise FileNotFoundError(f"{folder.model} is missing: train the run first (`flowvae train ...`)")
+    recorded = check_recorded(spec, folder)
+    gan = build_model(spec).to(dev)
+    load_weights(gan, folder.model)
+    n_params = count_parameters(gan.generator)
+    generator = frozen_generator(gan.generator)
+    history = read_json_lines(folder.history, "delete the run folder and train the run again")
+    r = evaluate_mean(spec, generator.mean_image, gan.latent_dim, dev, max_batch, sigma_grid, grid_T, grid_images)
+    metrics = {
+        **evaluation_identity(spec, source, recorded, dev),
+        **r.fields,
         "n_params": n_params,
         "n_params_of": "generator",
         "latent_dim": int(gan.latent_dim),
@@ -271,10 +308,44 @@ def evaluate_gan(spec, run_dir: str | Path, threads: int | None = None, device: 
     else:
         folder.eval_source_diff.unlink(missing_ok=True)
     write_npz(folder.samples, {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}, compress=True)
-    write_npz(folder.per_image, {"index": index.astype(np.int64), "gaussian_obs_neg_log_px": neg.numpy()}, compress=True)
-    evaluations = neg.numel() * s.S * r.gradient_evaluations
-    write_json(folder.eval_timings, {"eval_seconds": end - start, "sigma_selection_seconds": selected - start,
-                                     "ais_seconds": end - selected,
-                                     "ais_gradient_evaluations_per_s": evaluations / (end - selected)})
+    write_npz(folder.per_image, {"index": r.index, "gaussian_obs_neg_log_px": r.neg_log_px.numpy()}, compress=True)
+    write_json(folder.eval_timings, r.timings)
     write_json(folder.eval, metrics)
     return metrics
+
+
+def evaluate_decoder(spec, run_dir: str | Path, threads: int | None = None, device: str | None = None,
+                     max_batch: int | None = None, source=None, sigma_grid: Sequence[float] = SIGMA_GRID,
+                     grid_T: int | None = None, grid_images: int = GRID_IMAGES) -> dict:
+    """The GAN's evaluation applied to a trained VAE's decoder mean (its likelihood's mean image), for comparison with the
+    GAN on one scale: writes gaussian_obs.json (eval.json's identity and the fields of evaluate_mean, with seconds) and
+    gaussian_obs.npz (index, gaussian_obs_neg_log_px) into the run folder; returns the json's dict.
+
+    Only the latent-variable VAEs with one latent vector (the posterior families built by models/vae.py) qualify; the
+    ResNet VAE's latents are several stacked maps, a density model has no decoder and the GAN's own evaluation is this one.
+    """
+    from flowvae.files.atomic import write_json, write_npz
+    from flowvae.files.provenance import source_state
+    from flowvae.runs.ais import load_trained
+    from flowvae.runs.device import pick_device
+    from flowvae.runs.evaluate import check_recorded, evaluation_identity
+    from flowvae.spec.families import FLOW_VAE
+    from flowvae.spec.layout import GAUSSIAN_OBS_FILE, GAUSSIAN_OBS_PER_IMAGE_FILE, RunFolder
+
+    if spec.family.builder != FLOW_VAE:
+        raise ValueError(f"{spec.variant.name}: the Gaussian-observation evaluation of a decoder needs a VAE with one latent "
+                         f"vector (families built by {FLOW_VAE}); the {spec.family.name} family is not one")
+    _eight_bit(spec)
+    source = source if source is not None else source_state()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dev = pick_device(device)
+    model = load_trained(spec, run_dir, dev)
+    recorded = check_recorded(spec, RunFolder(Path(run_dir)))
+    r = evaluate_mean(spec, model.decode_mean, model.latent_dim, dev, max_batch, sigma_grid, grid_T, grid_images)
+    result = {**evaluation_identity(spec, source, recorded, dev), **r.fields,
+              "mean_of": f"the decoder's {spec.likelihood} mean image", "seconds": r.timings}
+    write_npz(Path(run_dir) / GAUSSIAN_OBS_PER_IMAGE_FILE,
+              {"index": r.index, "gaussian_obs_neg_log_px": r.neg_log_px.numpy()}, compress=True)
+    write_json(Path(run_dir) / GAUSSIAN_OBS_FILE, result)
+    return result
