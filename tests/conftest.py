@@ -210,6 +210,11 @@ def project_copy(dest: Path, rows_per_table: int = 2, latent2d_variants: int = 1
     return mirror
 
 
+def set_active_profile(project: Path, name: str) -> None:
+    """Make `name` the active profile of a project copy (its profile.yaml)."""
+    (project / "profile.yaml").write_text(f"profile: {name}\n")
+
+
 def quadrature_log_px(model, x, half_width: float, points: int):
     """log p(x) per image of a 2-D latent model (N(0, I) prior) by summing over a points x points grid on
     [-half_width, half_width]^2: the exact value the estimators are checked against."""

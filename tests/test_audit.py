@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from flowvae.spec.params import read_params
 
 from flowvae.pipeline.audit import current_value, markdown_table, params_value_text, read_audit
 
@@ -18,7 +19,7 @@ PAGES = {"paper": "docs/paper-profile-audit.md", "sylvester": "docs/sylvester-pr
 
 
 def _profile(name: str) -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())["profiles"][name]
+    return read_params(REPO / "params.yaml")["profiles"][name]
 
 
 @pytest.mark.parametrize("profile", list(AUDITS))

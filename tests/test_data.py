@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from flowvae.spec.params import read_params
 
 from flowvae.data import formats as data
 from flowvae.data import download
@@ -440,7 +441,7 @@ def test_batches_resume_mid_epoch_and_scale():
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"no data mirror at {SHARED_DATA}")
 def test_shared_mirror_files_match_params_checksums():
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params(REPO / "params.yaml")
     checked = set()
     for entry in params["datasets"].values():
         for f in (entry.get("files") or {}).values():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.io
 import yaml
+from flowvae.spec.params import read_params
 
 from flowvae.data import download
 from flowvae.data.formats import DataFormatError, read_caltech_mat, read_freyfaces_pickle, read_omniglot_mat, seeded_order
@@ -30,7 +31,7 @@ FREY = DATA_MIRROR / "freyfaces" / "freyfaces.pkl"
 
 @pytest.fixture(scope="module")
 def params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    return read_params(REPO / "params.yaml")
 
 
 def sylvester_shuffle(rows: np.ndarray, seed: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import project_copy
+from conftest import project_copy, set_active_profile
 
 pytestmark = pytest.mark.slow
 
@@ -45,9 +45,7 @@ def built(tmp_path_factory):
     project = root / "project"
     project.mkdir()
     mirror = project_copy(project, rows_per_table=2)
-    text = (project / "params.yaml").read_text()
-    assert "\nprofile: quick\n" in text
-    (project / "params.yaml").write_text(text.replace("\nprofile: quick\n", "\nprofile: smoke\n", 1))
+    set_active_profile(project, "smoke")
     run([*GIT, "commit", "-qam", "profile smoke"], project, os.environ)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLOWVAE_DATA_MIRROR": str(mirror)}
     dvc("repro", "table1", cwd=project, env=env)

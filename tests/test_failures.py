@@ -251,6 +251,27 @@ def test_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path):
     assert result.stderr.count("\n") == 1
 
 
+def test_the_active_profile_comes_from_profile_yaml_beside_the_params_file(tmp_path, capsys):
+    params = tiny_params(tmp_path)
+    params["profiles"]["other"] = params["profiles"]["test"]
+    del params["profile"]
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(params))
+    (tmp_path / "profile.yaml").write_text("# the active profile\nprofile: other\n")
+    assert cli.main(["describe", "--params", str(path), "--dataset", "stripes", "vae"]) == 0
+    assert f"(other profile, from {tmp_path / 'profile.yaml'})" in capsys.readouterr().out
+    (tmp_path / "profile.yaml").write_text("profile: nowhere\n")
+    assert cli.main(["validate", "--params", str(path)]) == 1
+    assert "'nowhere' is not one of ['other', 'test']" in capsys.readouterr().err
+    (tmp_path / "profile.yaml").write_text("profile: other\nseeds: [1]\n")
+    assert cli.main(["validate", "--params", str(path)]) == 1
+    assert "profile.yaml: expected one line `profile: <name>`" in capsys.readouterr().err
+    (tmp_path / "profile.yaml").write_text("profile: other\n")
+    path.write_text(yaml.safe_dump({**params, "profile": "test"}))
+    assert cli.main(["validate", "--params", str(path)]) == 1
+    assert f"{path} sets `profile` and so does {tmp_path / 'profile.yaml'}" in capsys.readouterr().err
+
+
 def test_errors_name_the_params_file_given(tmp_path, capsys):
     params = tiny_params(tmp_path)
     params["profiles"]["test"]["train"]["lr"] = -1

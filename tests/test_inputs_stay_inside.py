@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from flowvae.spec.params import read_params
 
 from flowvae.data.download import MIRROR_ENV, DownloadError, fetch, mirror_roots
 from flowvae.data.prepare import load_split, prepare
@@ -31,7 +32,7 @@ ESCAPING_PATHS = [
 
 @pytest.fixture(scope="module")
 def params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    return read_params(REPO / "params.yaml")
 
 
 def schema_error(params: dict, mutate) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import project_copy
+from conftest import project_copy, set_active_profile
 
 BIN = Path(sys.executable).parent
 TARGETS = ["reports/smoke/table10.md", "reports/smoke/table6.md"]
@@ -110,13 +110,13 @@ CHANGES = {
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """Two copies of the project, one built by each engine; their params.yaml pick the smoke profile."""
+    """Two copies of the project, one built by each engine; their profile.yaml picks the smoke profile."""
     root = tmp_path_factory.mktemp("invalidation")
     copies = {}
     for engine in ("snakemake", "dvc"):
         project = root / engine
         mirror = project_copy(project, rows_per_table=1)
-        edit_params(project, lambda p: p.update(profile="smoke"))
+        set_active_profile(project, "smoke")
         env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLOWVAE_DATA_MIRROR": str(mirror)}
         if engine == "snakemake":
             _run([str(BIN / "snakemake"), "--cores", "2", "--", *TARGETS], project, env)
@@ -190,7 +190,7 @@ def test_the_commands_a_table_lists_rebuild_its_rows_byte_for_byte(built, tmp_pa
     assert [c.split()[1] for c in row] == ["prepare", "train", "evaluate"], block
     fresh = tmp_path / "fresh"
     mirror = project_copy(fresh, rows_per_table=1)
-    edit_params(fresh, lambda p: p.update(profile="smoke"))
+    set_active_profile(fresh, "smoke")
     for command in row:
         _run([str(BIN / command.split()[0]), *command.split()[1:]], fresh, {**env, "FLOWVAE_DATA_MIRROR": str(mirror)})
     rel = f"results/smoke/{RUN1}/eval.json"

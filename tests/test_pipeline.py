@@ -27,8 +27,13 @@ def test_dvc_smoke_profile_end_to_end(tmp_path):
     mirror = project_copy(project, rows_per_table=1)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLOWVAE_DATA_MIRROR": str(mirror)}
 
-    result = run([str(BIN / "dvc"), "exp", "run", "-S", "profile=smoke"], project, env)
+    params_before = (project / "params.yaml").read_bytes()
+    result = run([str(BIN / "dvc"), "exp", "run", "-S", "profile.yaml:profile=smoke"], project, env)  # as the README shows it
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (project / "params.yaml").read_bytes() == params_before  # the experiment's one change is profile.yaml's line
+    changed = run(["git", "status", "--porcelain", "--untracked-files=no"], project, env).stdout.split("\n")
+    assert [line[3:] for line in changed if line.strip() and not line.endswith("dvc.lock")] == ["profile.yaml"]
+    assert "profile: smoke" in (project / "profile.yaml").read_text()
 
     for n in range(1, 7):
         md = (project / f"reports/smoke/table{n}.md").read_text()

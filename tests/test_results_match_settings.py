@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from flowvae.spec.params import read_params
 
 from flowvae import cli
 from flowvae.files.atomic import atomic_path, write_text
@@ -250,7 +251,7 @@ def test_validate_checks_the_published_sources_from_any_directory(tmp_path):
     project = tmp_path / "project"
     (project / "reference").mkdir(parents=True)
     shutil.copy(REPO / "reference/paper_results.csv", project / "reference")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params(REPO / "params.yaml")
     params["tables"]["table1"]["published"]["sources"].append("nosuch2099_source")
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     elsewhere = tmp_path / "elsewhere"
@@ -264,7 +265,7 @@ def test_validate_checks_the_published_sources_from_any_directory(tmp_path):
 def test_a_budget_naming_a_stand_in_is_refused():
     from flowvae.spec.schema import ParamsError, validate_params
 
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params(REPO / "params.yaml")
     params["budgets"]["stand_in"] = {"profiles": ["smoke"], "datasets": ["synthetic_cifar10"], "train": {"epochs": 1}}
     with pytest.raises(ParamsError, match="budgets.stand_in.datasets.0: 'synthetic_cifar10' is the smoke profile's "
                                           "stand-in for 'cifar10'.*list 'cifar10'"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from flowvae.spec.params import read_params
 
 from flowvae.spec.layout import prepared_dir
 from flowvae.spec.params import source_dataset
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params(REPO / "params.yaml")
     params["data"] = {"raw_dir": str(root / "raw"), "prepared_dir": str(root / "prepared"), "mirror": None}
     source = source_dataset(params, "smoke", "cifar10")
     assert source == "synthetic_cifar10"

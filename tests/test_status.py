@@ -243,7 +243,7 @@ def tiny_params_prepared(params: dict) -> str:
 
 
 def test_without_profile_status_follows_the_build_written_last(params, tmp_path):
-    assert status.choose_profile(params, None, tmp_path) == (params["profile"], "the params file's profile")
+    assert status.choose_profile(params, None, tmp_path) == (params["profile"], "the active profile, set in profile.yaml")
     params["profiles"]["smoke"] = params["profiles"][PROFILE]
     older, newer = folder(tmp_path, Run("stripes", "vae", 0)), tmp_path / "results/smoke/stripes/vae/seed0"
     newer.mkdir(parents=True)

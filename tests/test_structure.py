@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from flowvae.spec.params import read_params
 
 import flowvae
 from flowvae.models.build import build_model, build_variant, count_parameters
@@ -52,10 +53,10 @@ def test_the_planning_layer_imports_without_torch(tmp_path: Path, module: str) -
 
 def test_resolving_every_planned_run_needs_no_torch(tmp_path: Path) -> None:
     code = textwrap.dedent("""
-        import yaml
         from flowvae.pipeline import plan
+        from flowvae.spec.params import read_params
         from flowvae.spec.run import RunSpec
-        params = yaml.safe_load(open("params.yaml"))
+        params = read_params("params.yaml")
         runs = plan.all_runs(params)
         for r in runs:
             RunSpec.resolve(params, "quick", r.dataset, r.model, r.seed).record()
@@ -76,7 +77,7 @@ def test_a_snakemake_dry_run_imports_no_torch(tmp_path: Path) -> None:
 
 
 def _params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    return read_params(REPO / "params.yaml")
 
 
 @pytest.mark.parametrize("model", ["vae", "nf10", "iaf_d2_w320_fixed", "osnf4_m8", "resvae_r4_iaf", "vae_iwae50"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from flowvae.spec.params import read_params
 from flowvae.models.build import build_variant
 from flowvae.spec.run import RunSpec
 from flowvae.runs.evaluate import evaluate
@@ -51,7 +52,7 @@ def test_gatedconv_categorical_vae_trains_and_reports_bits_per_dim(tmp_path):
 
 def test_every_table9_row_builds_on_the_sylvester_profiles_gated_convolutions():
     """The sylvester profile's network with each posterior of table 9: finite bounds and gradients on two images."""
-    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params = read_params(Path(__file__).resolve().parents[1] / "params.yaml")
     net = params["profiles"]["sylvester"]["network"]
     assert net["kind"] == "gatedconv" and net["z_dim"] == 64
     x = (torch.rand(2, 1, 28, 28) > 0.5).float()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from flowvae.spec.params import read_params
 
 from flowvae.pipeline import plan
 from flowvae.pipeline.dvcgen import dvc_yaml_text
@@ -21,7 +22,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def params():
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    return read_params(REPO / "params.yaml")
 
 
 def test_params_yaml_is_valid(params):
@@ -80,7 +81,7 @@ def snakemake_outputs(profile: str, target: str | list[str] | None = None, cwd: 
 
 
 def dvc_outputs(profile: str, cwd: Path = REPO) -> set[tuple[str, str]]:
-    """(stage group, output) of every stage dvc.yaml resolves to, with params.yaml's profile set to `profile`."""
+    """(stage group, output) of every stage dvc.yaml resolves to, with profile.yaml's profile set to `profile`."""
     script = (
         "import sys\n"
         "from dvc.repo import Repo\n"
@@ -90,12 +91,12 @@ def dvc_outputs(profile: str, cwd: Path = REPO) -> set[tuple[str, str]]:
         "    for o in s.outs:\n"
         "        print(group, o.def_path)\n"
     )
-    original = (cwd / "params.yaml").read_text()
+    original = (cwd / "profile.yaml").read_text()
     try:
-        (cwd / "params.yaml").write_text(original.replace("profile: quick\n", f"profile: {profile}\n", 1))
+        (cwd / "profile.yaml").write_text(original.replace("profile: quick\n", f"profile: {profile}\n", 1))
         result = run([sys.executable, "-c", script], cwd=cwd)
     finally:
-        (cwd / "params.yaml").write_text(original)
+        (cwd / "profile.yaml").write_text(original)
     assert result.returncode == 0, result.stderr
     return {tuple(line.split(" ", 1)) for line in result.stdout.splitlines()}
 
@@ -147,6 +148,7 @@ def test_invalid_params_stop_snakemake_before_any_job(tmp_path):
     text = (REPO / "params.yaml").read_text()
     assert "train: {epochs: 2," in text
     (tmp_path / "bad.yaml").write_text(text.replace("train: {epochs: 2,", "train: {epochs: -1,", 1))
+    (tmp_path / "profile.yaml").write_text("profile: smoke\n")
     result = run([str(BIN / "snakemake"), "-n", "--config", f"params_file={tmp_path / 'bad.yaml'}", "--", "reports/smoke/table1.md"])
     assert result.returncode != 0
     assert "profiles.smoke.train.epochs: -1 is less than the minimum of 1" in result.stderr + result.stdout

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from flowvae.files.errors import EXIT_TIME_BOX, TimeBoxReached
 from flowvae.spec.layout import BDMC_FILE, FIGURE_INPUTS, PUBLISHED_CSV, RunFolder, prepared_dir
-from flowvae.spec.params import load_params, profile_settings, source_dataset
+from flowvae.spec.params import active_profile_source, load_params, profile_settings, source_dataset
 
 ALLOW_DIRTY_ENV = "FLOWVAE_ALLOW_DIRTY"
 
@@ -346,7 +346,7 @@ def cmd_describe(args: argparse.Namespace) -> None:
     params = _params(args)
     profile = args.profile or params["profile"]
     spec = RunSpec.resolve(params, profile, args.dataset, args.model, 0)
-    print(f"{args.model} on {args.dataset} ({profile} profile)")
+    print(f"{args.model} on {args.dataset} ({profile} profile, from {'--profile' if args.profile else active_profile_source(args.params)})")
     print(describe(build_model(spec)))
 
 
@@ -535,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = report.add_parser("table", help="one table's .md and .tex from params.yaml, the published numbers and eval.json files")
     p.add_argument("--params", required=True, help="params.yaml")
     p.add_argument("--table", required=True, help="key under params['tables'], e.g. table1")
-    p.add_argument("--profile", help="profile name (default: params['profile'])")
+    p.add_argument("--profile", help="profile name (default: the active profile, in profile.yaml)")
     p.add_argument("--published", help=f"the published numbers, {PUBLISHED_CSV} (omit for no published columns)")
     p.add_argument("--out-md", required=True)
     p.add_argument("--out-tex", required=True)

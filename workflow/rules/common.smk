@@ -9,7 +9,7 @@ from flowvae.pipeline.targets import command_line_targets, unknown_targets_messa
 from flowvae.spec import layout
 from flowvae.spec.datasets import SPLITS
 from flowvae.spec.layout import PUBLISHED_CSV, RUN_PATTERN, SOURCES_CSV, prepared_files
-from flowvae.spec.params import read_params
+from flowvae.spec.params import active_profile_source, read_params
 from flowvae.spec.schema import ParamsError, validate_params
 from flowvae.spec.settings import Resources as JobResources
 from flowvae.spec.variants import WILDCARD_PATTERN
@@ -26,6 +26,7 @@ if _unseen:
         f"this override. Set it in {PARAMS_FILE} (or in a copy passed with --config params_file=<copy>); "
         "--config takes only profile and params_file"
     )
+_config_given = set(config)
 try:
     _params = {**read_params(PARAMS_FILE), **config}
     _where = PARAMS_FILE + (f" (with --config {', '.join(sorted(config))})" if config else "")
@@ -35,6 +36,9 @@ except ParamsError as exc:
 config.update(_params)
 
 PROFILE = config["profile"]
+if os.path.basename(sys.argv[0]) == "snakemake" and not command_line_targets(sys.argv) and "--lint" not in sys.argv:  # a bare `snakemake` says whose summary it builds
+    _from = "--config profile" if "profile" in _config_given else active_profile_source(PARAMS_FILE)
+    print(f"flowvae: no target named: building reports/{PROFILE}/summary.md, profile {PROFILE} (from {_from})", file=sys.stderr)
 # A mistyped target gets the valid patterns and the nearest names instead of "No rule to produce".
 _unknown = unknown_targets_message(config, command_line_targets(sys.argv))
 if _unknown:

@@ -37,6 +37,7 @@ from flowvae.spec.layout import (
     HISTORY_FILE,
     MODEL_FILE,
     PER_IMAGE_FILE,
+    PROFILE_FILE,
     PUBLISHED_CSV,
     SAMPLE_QUALITY_FILE,
     SOURCES_CSV,
@@ -191,7 +192,8 @@ def dvc_stages(params: dict) -> dict:
             "deps": [*tables, figures],
             "outs": _no_cache([f"{REPORTS}/{summary}.md"]),
         }
-    return {"stages": stages, "plots": dvc_plots(params)}
+    # ${profile} comes from profile.yaml (DVC reads params.yaml for templating by default; vars adds this one)
+    return {"vars": [PROFILE_FILE], "stages": stages, "plots": dvc_plots(params)}
 
 
 def dvc_plots(params: dict) -> list[dict]:

@@ -274,13 +274,13 @@ def latest_profile(params: dict, root: str | Path = ".") -> str | None:
 
 
 def choose_profile(params: dict, profile: str | None, root: str | Path = ".") -> tuple[str, str]:
-    """The profile to show and why: --profile, else the build last written under results/, else the params file's."""
+    """The profile to show and why: --profile, else the build last written under results/, else the active one."""
     if profile:
         return profile, "--profile"
     latest = latest_profile(params, root)
     if latest:
         return latest, f"its run folders under results/{latest} were written last; --profile to choose"
-    return params["profile"], "the params file's profile"
+    return params["profile"], "the active profile, set in profile.yaml"
 
 
 def follow(params: dict, profile: str, tables: list[str] | None, root: str | Path = ".", watch: float | None = None,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flowvae.spec.datasets import SPLITS
 
+PROFILE_FILE = "profile.yaml"  # the active profile, beside the params file (spec/params.py read_params)
 PUBLISHED_CSV = "reference/paper_results.csv"
 SOURCES_CSV = "reference/sources.csv"  # each published source's citation and set-up, beside it
 RESULTS_ROOT = "results"

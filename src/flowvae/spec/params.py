@@ -9,11 +9,33 @@ from pathlib import Path
 
 import yaml
 
+from flowvae.spec.layout import PROFILE_FILE
 from flowvae.spec.schema import ParamsError, validate_params
 
 
 def read_params(path: str | os.PathLike = "params.yaml") -> dict:
-    """Parse a params file; a YAML syntax error becomes one ParamsError line with file, line and column."""
+    """Parse a params file, with the active profile from profile.yaml beside it (layout.PROFILE_FILE) where the file
+    sets none itself; a YAML syntax error becomes one ParamsError line with file, line and column."""
+    params = _read_mapping(path)
+    beside = Path(path).with_name(PROFILE_FILE)
+    if beside.is_file():
+        active = _read_mapping(beside)
+        if set(active) != {"profile"} or not isinstance(active["profile"], str):
+            raise ParamsError(f"{beside}: expected one line `profile: <name>`, found {sorted(active)}")
+        if "profile" in params:
+            raise ParamsError(f"{path} sets `profile` and so does {beside}: keep it in {beside} only")
+        params["profile"] = active["profile"]
+    return params
+
+
+def active_profile_source(path: str | os.PathLike = "params.yaml") -> str:
+    """Where the active profile of a params file is set: profile.yaml beside it, else the file itself."""
+    beside = Path(path).with_name(PROFILE_FILE)
+    return str(beside) if beside.is_file() else str(path)
+
+
+def _read_mapping(path: str | os.PathLike) -> dict:
+    """A YAML file's top-level mapping; ParamsError naming file, line and column otherwise."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
