@@ -367,6 +367,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
     params = _params(args)
     profile = args.profile or params["profile"]
+    params = plan.for_profile(params, profile)  # the rows this profile builds
     if args.summary not in plan.summary_names(params):
         raise ValueError(f"--summary: {args.summary!r} is not one of {plan.summary_names(params)}")
     runs = plan.summary_runs(params, args.summary)
@@ -392,6 +393,7 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> None:
 
 
 def cmd_report_table(args: argparse.Namespace) -> None:
+    from flowvae.pipeline import plan
     from flowvae.report.inputs import load_eval, load_published, load_sources
     from flowvae.report.tables import table_context, write_table
 
@@ -399,13 +401,16 @@ def cmd_report_table(args: argparse.Namespace) -> None:
     tables = params["tables"]
     if args.table not in tables:
         raise ValueError(f"{args.params}: no table {args.table!r} under 'tables' (have: {', '.join(tables)})")
-    spec = tables[args.table]
+    params = plan.for_profile(params, args.profile or params["profile"])  # the rows and seeds this profile builds
+    spec = params["tables"][args.table]
     context = table_context(params, args.profile, spec.get("dataset"), args.table)
     published = load_published(args.published) if args.published else None
     sources = Path(args.published).with_name("sources.csv") if args.published else None
     if sources is not None and sources.is_file():  # readable citations and each source's set-up
         context["sources"] = load_sources(sources)
-    write_table(args.table, spec, [load_eval(p) for p in args.evals], published, context, args.out_md, args.out_tex)
+    shown = {(r.model, r.seed) for r in plan.table_runs(params, args.table)}  # DVC passes every row's evals
+    evals = [ev for ev in map(load_eval, args.evals) if (ev.get("model"), ev.get("seed")) in shown]
+    write_table(args.table, spec, evals, published, context, args.out_md, args.out_tex)
 
 
 def cmd_report_summary(args: argparse.Namespace) -> None:
@@ -417,9 +422,11 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from flowvae.pipeline.status import choose_profile, follow
 
+    from flowvae.pipeline.plan import for_profile
+
     params = load_params(args.params or Path(args.root) / "params.yaml")
     profile, why = choose_profile(params, args.profile, args.root)
-    return follow(params, profile, args.table, args.root, args.watch, why)
+    return follow(for_profile(params, profile), profile, args.table, args.root, args.watch, why)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,6 +59,11 @@ wildcard_constraints:
     table=r"table\d+",
 
 
+def profile_params(wildcards):
+    """params.yaml as the job's profile builds it: its tables cut to the rows it selects (plan.for_profile)."""
+    return plan.for_profile(config, wildcards.profile)
+
+
 def resources_of(profile):
     """The typed resources of a profile (their defaults live in flowvae.spec.settings.Resources)."""
     return JobResources.from_params(config["profiles"][profile]["resources"])

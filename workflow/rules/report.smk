@@ -25,22 +25,22 @@ rule summary:
 rule table:
     """One results table (Markdown and LaTeX) with the published numbers beside ours."""
     input:
-        evals=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.evaluate.output.metrics),
-        per_image=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.evaluate.output.per_image),
+        evals=lambda w: run_outputs(plan.table_runs(profile_params(w), w.table), w.profile, rules.evaluate.output.metrics),
+        per_image=lambda w: run_outputs(plan.table_runs(profile_params(w), w.table), w.profile, rules.evaluate.output.per_image),
         # ais.json and its per-image values, for tables that show an AIS metric (ais_neg_log_px, is_bias)
-        ais=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.ais.output.metrics, rules.ais.output.per_image)
+        ais=lambda w: run_outputs(plan.table_runs(profile_params(w), w.table), w.profile, rules.ais.output.metrics, rules.ais.output.per_image)
         if plan.table_needs_ais(config, w.table) else [],
-        gaps=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.gaps.output.metrics, rules.gaps.output.per_image)
+        gaps=lambda w: run_outputs(plan.table_runs(profile_params(w), w.table), w.profile, rules.gaps.output.metrics, rules.gaps.output.per_image)
         if plan.table_needs_gaps(config, w.table) else [],
-        bdmc=lambda w: run_outputs(plan.bdmc_runs(config, w.table), w.profile, rules.bdmc.output.metrics),
-        sample_quality=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.sample_quality.output.metrics)
+        bdmc=lambda w: run_outputs(plan.bdmc_runs(profile_params(w), w.table), w.profile, rules.bdmc.output.metrics),
+        sample_quality=lambda w: run_outputs(plan.table_runs(profile_params(w), w.table), w.profile, rules.sample_quality.output.metrics)
         if plan.table_needs_sample_quality(config, w.table) else [],
-        gaussian_obs=lambda w: run_outputs(plan.gaussian_obs_runs(config, w.table), w.profile, rules.gaussian_obs.output.metrics),
+        gaussian_obs=lambda w: run_outputs(plan.gaussian_obs_runs(profile_params(w), w.table), w.profile, rules.gaussian_obs.output.metrics),
         # The models too: a model replaced or corrupted after its evaluation makes the table out of date, so
         # a failed re-evaluation can never leave an older table looking current.
-        models=lambda w: run_outputs(plan.table_runs(config, w.table), w.profile, rules.train.output.model),
+        models=lambda w: run_outputs(plan.table_runs(profile_params(w), w.table), w.profile, rules.train.output.model),
         timings=lambda w: run_outputs(
-            plan.table_runs(config, w.table), w.profile, rules.evaluate.output.timings, rules.train.output.timings
+            plan.table_runs(profile_params(w), w.table), w.profile, rules.evaluate.output.timings, rules.train.output.timings
         ),
         published=PUBLISHED_CSV,
         sources=SOURCES_CSV,
@@ -74,14 +74,14 @@ rule figures:
     input:
         notebook=config["figures"]["notebook"],
         runs=lambda w: run_outputs(
-            plan.summary_runs(config, f"summary{w.part}"),
+            plan.summary_runs(profile_params(w), f"summary{w.part}"),
             w.profile,
             rules.evaluate.output.metrics,
             rules.train.output.history,
             rules.evaluate.output.samples,
         ),
         # the FCD that titles the samples of the tables that show it
-        sample_quality=lambda w: run_outputs(plan.summary_sample_quality_runs(config, f"summary{w.part}"), w.profile,
+        sample_quality=lambda w: run_outputs(plan.summary_sample_quality_runs(profile_params(w), f"summary{w.part}"), w.profile,
                                              rules.sample_quality.output.metrics),
     output:
         # Every PNG of the folder in the report's "Figures", one subcategory per data set.
@@ -109,12 +109,12 @@ rule figures:
 rule verify:
     """Retrain one seed of each row of a table from its settings record and compare the files byte for byte."""
     input:
-        models=lambda w: run_outputs(plan.verify_runs(config, w.table), w.profile, rules.train.output.model),
-        evals=lambda w: run_outputs(plan.verify_runs(config, w.table), w.profile, rules.evaluate.output.metrics),
+        models=lambda w: run_outputs(plan.verify_runs(profile_params(w), w.table), w.profile, rules.train.output.model),
+        evals=lambda w: run_outputs(plan.verify_runs(profile_params(w), w.table), w.profile, rules.evaluate.output.metrics),
     output:
         "reports/{profile}/verify_{table}.txt",
     params:
-        runs=lambda w: " ".join(r.folder(w.profile) for r in plan.verify_runs(config, w.table)),
+        runs=lambda w: " ".join(r.folder(w.profile) for r in plan.verify_runs(profile_params(w), w.table)),
     log:
         "logs/verify/{profile}/{table}.log",
     shell:

@@ -65,6 +65,26 @@ def row_seeds(params: dict, row: dict) -> list[int]:
     return [int(seed) for seed in row.get("seeds") or params["seeds"]]
 
 
+def for_profile(params: dict, profile: str) -> dict:
+    """params.yaml as a profile builds it. `rows: all` (the default): as it is. `rows: one_per_family` (the smoke
+    profile): each table keeps, of its rows, the first of each kind of model (family, its options, and an objective
+    of one or of several samples) and the table's baseline row, each with its first seed: every rule and code path
+    runs, not every size. dvc.yaml holds every row whatever the profile (its run lists cannot depend on it)."""
+    if (params["profiles"][profile].get("rows") or "all") == "all":
+        return params
+    tables = {}
+    for name, spec in params["tables"].items():
+        kinds, rows = set(), []
+        for row in spec["rows"]:
+            v = parse_variant(row["model"])
+            kind = (v.family, v.fixed_sigma, v.gated, v.ladder_posterior, v.objective, v.objective_k > 1)
+            if kind not in kinds or row["model"] == spec.get("baseline"):
+                kinds.add(kind)
+                rows.append({**row, "seeds": row_seeds(params, row)[:1]})
+        tables[name] = {**spec, "rows": rows}
+    return {**params, "tables": tables}
+
+
 def table_runs(params: dict, table: str) -> list[Run]:
     """The runs one table reads: each row times its seeds."""
     spec = params["tables"][table]
