@@ -213,3 +213,15 @@ def test_small_runs_share_a_gpu_by_hundredths(tmp_path, params):
     result = run([str(BIN / "snakemake"), "-n", "--forceall", "--config", f"params_file={tmp_path / 'p.yaml'}", "--", target])
     assert result.returncode == 0, result.stderr
     assert "gpu=1, gpu_hundredths=25" in result.stdout
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick"])
+def test_every_table_states_the_setup_of_its_runs(params, profile):
+    from flowvae.report.tables import table_context
+
+    for table in plan.table_names(params):
+        setup = table_context(params, profile, params["tables"][table]["dataset"], table)["setup"]
+        assert setup.startswith(params["tables"][table]["dataset"]) and "epochs" in setup
+    setup = table_context(params, profile, "mnist_8bit", "table13")["setup"]
+    assert "MLP GAN (generator 32-64" in setup or "MLP GAN (generator 128-256-512-1024" in setup
+    assert "PixelCNN of 5 layers x 32 channels" in setup and "pixel real NVP" in setup

@@ -379,6 +379,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
         "out_dir": args.out_dir,
         "profile": profile,
         "tables": plan.figure_tables(params, args.summary),  # curves per table: its rows, in its order
+        "formats": list(params["profiles"][profile].get("figure_formats") or ["png", "pdf"]),
     }
     with atomic_path(args.executed, suffix=".ipynb") as tmp:
         papermill.execute_notebook(args.notebook, str(tmp), parameters=parameters, kernel_name="python3", progress_bar=False)

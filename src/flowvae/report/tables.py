@@ -372,6 +372,10 @@ def _network_text(spec) -> str:
     if spec.family.block == "pixel_cnn":
         gated = "gated " if spec.variant.gated else ""
         return f"{gated}PixelCNN of {spec.variant.steps} layers x {spec.variant.width} channels"
+    if spec.family.block == "gan":
+        layers = lambda sizes: "-".join(map(str, sizes))
+        return (f"MLP GAN (generator {layers(s.generator_hidden)}, discriminator {layers(s.discriminator_hidden)}), "
+                f"{s.latent_dim} latent units")
     if s.kind == "mlp":
         return f"MLP encoder and decoder ({s.layers} x {s.hidden} ELU units), {s.z_dim} latent units"
     if s.kind == "resnet":
