@@ -79,6 +79,13 @@ def test_amat_parse_and_line_error(tmp_path):
     (tmp_path / "y.amat").write_text("0 1\n")
     with pytest.raises(data.DataFormatError, match="line 1: 2 values"):
         read_amat(tmp_path / "y.amat")
+    # other layouts than the published one's read the same, line by line
+    (tmp_path / "z.amat").write_text("".join("  ".join(str(int(v)) for v in row) + " \r\n" for row in arr))
+    np.testing.assert_array_equal(read_amat(tmp_path / "z.amat"), arr)
+    bad = (tmp_path / "x.amat").read_bytes()
+    (tmp_path / "b.amat").write_bytes(bad[:2 * 784 * 3 + 4] + b"2" + bad[2 * 784 * 3 + 5:])  # line 4, a value 2
+    with pytest.raises(data.DataFormatError, match="values other than 0 and 1"):
+        read_amat(tmp_path / "b.amat")
 
 
 def test_cifar_tar_parse(tmp_path):

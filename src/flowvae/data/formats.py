@@ -47,6 +47,9 @@ def read_idx(path: Path) -> np.ndarray:
 
 def read_amat(path: Path, width: int = 784) -> np.ndarray:
     """Read a Larochelle .amat file of space-separated 0/1 values, one image per line."""
+    canonical = _canonical_amat(Path(path).read_bytes(), width)
+    if canonical is not None:
+        return canonical
     rows = []
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
@@ -58,6 +61,20 @@ def read_amat(path: Path, width: int = 784) -> np.ndarray:
     if not np.isin(arr, (0.0, 1.0)).all():
         raise DataFormatError(f"{path}: values other than 0 and 1")
     return arr.astype(np.uint8)
+
+
+def _canonical_amat(data: bytes, width: int) -> np.ndarray | None:
+    """The images of an .amat file laid out as the published ones are (each line `width` single-digit 0/1 values
+    separated by one space, ending in a newline), read as one array; None for any other layout (read_amat's line by line
+    reading then names the line at fault)."""
+    line = 2 * width
+    if not data or len(data) % line:
+        return None
+    chars = np.frombuffer(data, dtype=np.uint8).reshape(-1, line)
+    digits, gaps = chars[:, 0::2], chars[:, 1::2]
+    if (gaps[:, :-1] != ord(" ")).any() or (gaps[:, -1] != ord("\n")).any() or ((digits != ord("0")) & (digits != ord("1"))).any():
+        return None
+    return (digits - ord("0")).astype(np.uint8)
 
 
 def _declared_bytes(shape, dtype) -> int | None:
