@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -73,10 +74,21 @@ def test_report_has_every_table_and_figure(tmp_path):
             caption = record["caption"]
             # The caption is the table file's own text: bold title, the table as written, the provenance.
             title = md[0].strip("*")
-            assert f"<strong>{title}</strong>" in caption
-            assert '<pre class="literal-block">' in caption and md[2].split("|")[1].strip() in caption
-            assert md[-1].split(",")[0] in caption and "Profile smoke" in caption
+            assert f"<strong>{escape(title)}</strong>" in caption
+            # an HTML table, its header and first row as the Markdown has them; not a Markdown box
+            assert '<table class="dataframe table table-sm">' in caption and "literal-block" not in caption
+            header = [cell.strip() for cell in md[2].split("|")[1:-1]]
+            assert all(f"<th>{escape(cell)}</th>" in caption for cell in header)
+            assert f"<td>{md[4].split('|')[1].strip()}</td>" in caption
+            assert escape(md[-1].split(",")[0]) in caption and "Profile smoke" in caption
             assert "system-message" not in caption  # docutils reports a failed include inline
+    # A bare `snakemake --report`: what was built for the active profile, not the DAG of its whole summary.
+    (project / "profile.yaml").write_text("profile: smoke\n")
+    (project / "reports/smoke/table2.html").unlink()  # a table without its HTML (built before it existed) is left out
+    bare = snakemake("--report", "bare.html", cwd=project, env=env)
+    assert "Missing metadata" not in bare.stdout + bare.stderr
+    bare_results = embedded((project / "bare.html").read_text(), "results")
+    assert sorted(bare_results) == sorted([f"reports/smoke/table1.{ext}" for ext in ("md", "tex")] + figures)
     for path in figures:
         record = results[path]
         kind, dataset = re.match(r".*/(\w+?)_(binarized_mnist|mnist_dynamic|mnist_digits4)\.png$", path).groups()

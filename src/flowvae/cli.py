@@ -411,7 +411,7 @@ def cmd_report_table(args: argparse.Namespace) -> None:
         context["sources"] = load_sources(sources)
     shown = {(r.model, r.seed) for r in plan.table_runs(params, args.table)}  # DVC passes every row's evals
     evals = [ev for ev in map(load_eval, args.evals) if (ev.get("model"), ev.get("seed")) in shown]
-    write_table(args.table, spec, evals, published, context, args.out_md, args.out_tex)
+    write_table(args.table, spec, evals, published, context, args.out_md, args.out_tex, args.out_html)
 
 
 def cmd_report_summary(args: argparse.Namespace) -> None:
@@ -547,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--published", help=f"the published numbers, {PUBLISHED_CSV} (omit for no published columns)")
     p.add_argument("--out-md", required=True)
     p.add_argument("--out-tex", required=True)
+    p.add_argument("--out-html", default=None, help="also the table as an HTML fragment (what `snakemake --report` shows)")
     p.add_argument("evals", nargs="*", help="eval.json files (runs of other tables are filtered out)")
     p.set_defaults(func=cmd_report_table)
     p = report.add_parser("summary", help="a Markdown page linking the given tables and figures")

@@ -36,7 +36,8 @@ except ParamsError as exc:
 config.update(_params)
 
 PROFILE = config["profile"]
-if os.path.basename(sys.argv[0]) == "snakemake" and not command_line_targets(sys.argv) and "--lint" not in sys.argv:  # a bare `snakemake` says whose summary it builds
+if os.path.basename(sys.argv[0]) == "snakemake" and not command_line_targets(sys.argv) and "--lint" not in sys.argv \
+        and "--report" not in sys.argv:  # a bare `snakemake` says whose summary it builds
     _from = "--config profile" if "profile" in _config_given else active_profile_source(PARAMS_FILE)
     print(f"flowvae: no target named: building reports/{PROFILE}/summary.md, profile {PROFILE} (from {_from})", file=sys.stderr)
 # A mistyped target gets the valid patterns and the nearest names instead of "No rule to produce".
@@ -57,6 +58,17 @@ wildcard_constraints:
     model=WILDCARD_PATTERN,
     seed=r"\d+",
     table=r"table\d+",
+
+
+def built_reports(profile):
+    """The tables (with their .md, .tex and .html) and figure folders of a profile that are on disk: what a bare
+    `snakemake --report` reports on, where the summary's every table would have to be built."""
+    folder = os.path.join(layout.REPORTS_ROOT, profile)
+    tables = [f"{folder}/{t}.md" for t in plan.table_names(config)
+              if all(os.path.isfile(f"{folder}/{t}.{ext}") for ext in ("md", "tex", "html"))]
+    figures = [f"{folder}/{plan.figures_name(s)}" for s in plan.summary_names(config)
+               if os.path.isdir(f"{folder}/{plan.figures_name(s)}")]
+    return tables + figures
 
 
 def profile_params(wildcards):

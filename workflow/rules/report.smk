@@ -60,13 +60,16 @@ rule table:
             subcategory="{table}",
             labels={"table": "{table}", "format": "LaTeX"},
         ),
+        # the table as HTML, which the report's captions show (not a report item of its own)
+        html="reports/{profile}/{table}.html",
     params:
         spec=lambda w: plan.param_values(config, plan.table_param_keys(w.table)),
     log:
         "logs/report/{profile}/{table}.log",
     shell:
         "flowvae report table --params \"$FLOWVAE_PARAMS\" --profile {wildcards.profile} --table {wildcards.table}"
-        " --published {input.published} --out-md {output.md} --out-tex {output.tex} {input.evals} > {log} 2>&1"
+        " --published {input.published} --out-md {output.md} --out-tex {output.tex} --out-html {output.html} {input.evals}"
+        " > {log} 2>&1"
 
 
 rule figures:

@@ -156,14 +156,16 @@ def dvc_stages(params: dict) -> dict:
         stages[table] = {
             "cmd": (
                 f"flowvae report table --params params.yaml --profile ${{profile}} --table {table}"
-                f" --published {PUBLISHED_CSV} --out-md {REPORTS}/{table}.md --out-tex {REPORTS}/{table}.tex "
+                f" --published {PUBLISHED_CSV} --out-md {REPORTS}/{table}.md --out-tex {REPORTS}/{table}.tex"
+                f" --out-html {REPORTS}/{table}.html "
                 + " ".join(evals)
             ),
             "deps": [PUBLISHED_CSV, SOURCES_CSV, *evals, *(r.path(PROFILE, PER_IMAGE_FILE) for r in plan.table_runs(params, table)),
                      *ais_files],
             "params": plan.table_param_keys(table),
             # persist: DVC leaves the table in place while its stage runs, so a failed rebuild keeps the last one
-            "outs": [{p: {"cache": False, "persist": True}} for p in (f"{REPORTS}/{table}.md", f"{REPORTS}/{table}.tex")],
+            "outs": [{p: {"cache": False, "persist": True}} for p in (f"{REPORTS}/{table}.md", f"{REPORTS}/{table}.tex",
+                                                                      f"{REPORTS}/{table}.html")],
         }
         runs = plan.verify_runs(params, table)
         stages[f"verify_{table}"] = {

@@ -10,6 +10,7 @@ import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from html import escape
 from typing import Any
 
 import pandas as pd
@@ -227,6 +228,17 @@ def build_table(
     context: Mapping[str, Any] | None = None,
 ) -> tuple[str, str]:
     """Markdown and LaTeX for one params.yaml table spec, with published numbers beside ours."""
+    return table_texts(name, spec, evals, published, context)[:2]
+
+
+def table_texts(
+    name: str,
+    spec: Mapping[str, Any],
+    evals: Sequence[Mapping[str, Any]],
+    published: pd.DataFrame | None,
+    context: Mapping[str, Any] | None = None,
+) -> tuple[str, str, str]:
+    """Markdown, LaTeX and an HTML fragment (title, table, commands, caption: what `snakemake --report` shows) of a table."""
     t = gather(name, spec, evals, published, context)
     keyed = t.published_here[["source", "model", "metric", "value"]]
     if keyed.duplicated(["source", "model", "metric"]).any():
@@ -292,7 +304,13 @@ def build_table(
         position="htbp",
         column_format="l" + "r" * (len(columns) - 1),
     )
-    return markdown, latex
+    html_frame = pd.DataFrame([[c.md for c in cells] for cells in body], columns=[c[0] for c in columns])
+    html = (
+        f"<p><strong>{escape(title)}</strong></p>\n"
+        + html_frame.to_html(index=False, border=0, classes="table table-sm", justify="right")
+        + f"\n<p>{escape(text)}</p>\n<pre>{escape(commands.strip())}</pre>\n"
+    )
+    return markdown, latex, html
 
 
 def write_table(
@@ -303,9 +321,12 @@ def write_table(
     context: Mapping[str, Any] | None,
     out_md: str | os.PathLike[str],
     out_tex: str | os.PathLike[str],
+    out_html: str | os.PathLike[str] | None = None,
 ) -> tuple[str, str]:
-    """Build a table and write its .md and .tex atomically; returns both texts."""
-    markdown, latex = build_table(name, spec, evals, published, context)
+    """Build a table and write its .md and .tex (and the HTML fragment) atomically; returns the Markdown and LaTeX."""
+    markdown, latex, html = table_texts(name, spec, evals, published, context)
+    if out_html is not None:
+        write_text(out_html, html)
     write_text(out_md, markdown)
     write_text(out_tex, latex)
     return markdown, latex

@@ -160,9 +160,9 @@ def verify_report(profile: str, table: str) -> str:
 
 
 def report_files(profile: str, name: str, root: str | Path = ".") -> list[Path]:
-    """The files of a table (its .md and .tex) or of a summary page (its .md) under reports/{profile}/."""
+    """The files of a table (its .md, .tex and .html) or of a summary page (its .md) under reports/{profile}/."""
     folder = Path(root) / REPORTS_ROOT / profile
-    return [folder / f"{name}.md", folder / f"{name}.tex"]
+    return [folder / f"{name}.md", folder / f"{name}.tex", folder / f"{name}.html"]
 
 
 def prepared_dir(params: dict, profile: str, dataset: str) -> Path:
