@@ -62,11 +62,21 @@ def test_plots_show_renders_the_training_curves(built):
     shown = dvc("plots", "show", "table1_training_curves", "--out", str(out), cwd=project, env=env)
     assert "failed to load" not in shown.stdout + shown.stderr
     html = (out / "index.html").read_text()
-    # DVC names each line by the shortest distinct end of its file's path, and the column it draws.
+    # DVC names each line's file by the shortest distinct end of its path, and the column it draws.
     name = {run: f"{run.split('/', 3)[3]}/train_curves.csv" for run in RUNS}  # e.g. vae/seed0/train_curves.csv
-    lines = [f"{name[run]}::{field}" for run in RUNS for field in ("train_neg_elbo", "val_neg_elbo")]
+    lines = [f'"filename": "{name[run]}"' for run in RUNS] + [f'"field": "{f}"' for f in ("train_neg_elbo", "val_neg_elbo")]
     for needed in ("table1: Dynamically binarized MNIST", '"field": "epoch"', *lines):
         assert needed in html, needed
+    # Offline: Vega, Vega-Lite and Vega-Embed inlined from workflow/dvc/plots.html, no script from a CDN.
+    assert "<script src" not in html and '<meta charset="utf-8">' in html
+    for package in ("vega@5.20.2", "vega-lite@5.2.0", "vega-embed@6.18.2"):
+        assert f"<!-- {package}, build/" in html
+    # A colour per run and a dash per curve (DVC's own template colours by revision only), units on the y axis.
+    encoding = json.loads(dvc("plots", "show", "table1_training_curves", "--json", cwd=project, env=env).stdout)[
+        "data"]["table1_training_curves"][0]["content"]["encoding"]
+    assert encoding["color"]["field"] == "filename" and encoding["strokeDash"]["field"] == "field"
+    assert encoding["color"]["legend"]["labelLimit"] >= 400
+    assert encoding["y"]["title"] == "-ELBO [nats per image], train and validation"
     # One point per epoch, run and curve, with the values of the run's own log.
     spec = json.loads(dvc("plots", "show", "table1_training_curves", "--json", cwd=project, env=env).stdout)
     (plot,) = spec["data"]["table1_training_curves"]
@@ -76,7 +86,7 @@ def test_plots_show_renders_the_training_curves(built):
         assert [r["epoch"] for r in log] == [1, 2]
         for field in ("train_neg_elbo", "val_neg_elbo"):
             drawn = {int(p["epoch"]): float(p["dvc_inferred_y_value"]) for p in points
-                     if p["filename::field"] == f"{name[run]}::{field}"}
+                     if (p["filename"], p["field"]) == (name[run], field)}
             assert drawn == {r["epoch"]: r[field] for r in log}
 
 

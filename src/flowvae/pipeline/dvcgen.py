@@ -202,7 +202,8 @@ def dvc_plots(params: dict) -> list[dict]:
     """Top-level plots: the training curves (train and validation -ELBO per epoch) of each table's runs.
 
     One plot per table, and one for the figures' extra runs, over the train_curves.csv of every run it
-    reads; `dvc plots show` renders them with the linear template, one line per run and column.
+    reads; `dvc plots show` renders them with .dvc/plots/flowvae_curves.json, a colour per run and a dash per curve, on
+    the page workflow/dvc/plots.html (Vega inlined: it renders offline).
     """
     groups = {t: (plan.table_runs(params, t), params["tables"][t].get("title") or t) for t in plan.table_names(params)}
     in_tables = {r for runs, _ in groups.values() for r in runs}
@@ -213,12 +214,14 @@ def dvc_plots(params: dict) -> list[dict]:
     for name, (runs, title) in groups.items():
         plots.append({
             f"{name}_training_curves": {  # not training_curves_<table>: DVC takes table1 for a prefix of table10
-                "template": "linear",
+                "template": "flowvae_curves",  # .dvc/plots/flowvae_curves.json: a colour per run, a dash per curve
                 "title": f"{name}: {title}, -ELBO per epoch (${{profile}})",
                 "x": "epoch",
                 "y": {r.path(PROFILE, CURVES_FILE): list(CURVES) for r in runs},
                 "x_label": "epoch",
-                "y_label": "-ELBO [nats], train and validation",
+                "y_label": "-ELBO [nats per image], train and validation" + (
+                    " (the table reports bits/dim)" if name in params["tables"]
+                    and params["tables"][name].get("units") == "bits_per_dim" else ""),
             }
         })
     return plots
