@@ -149,7 +149,7 @@ def test_the_mnist_summary_builds_its_tables_and_figures_without_cifar(params):
     assert {p for rule, p in smk if rule in ("table", "summary", "figures")} == {
         *(f"reports/quick/{t}.{ext}" for t in ("table1", "table2", "table5", "table6", "table7", "table9", "table10", "table11", "table12",
                                     "table13")
-              for ext in ("md", "tex")),
+              for ext in ("md", "tex", "html")),
         "reports/quick/summary_mnist.md", "reports/quick/figures_mnist", "reports/quick/figures_mnist.ipynb",
     }
     trained = {p.split("/")[2] for rule, p in smk if rule == "train"}
