@@ -244,6 +244,17 @@ def _ais_overrides(args: argparse.Namespace, spec):
     return AISSettings.from_params({**spec.eval.ais.record(), **changes}) if changes else spec.eval.ais
 
 
+def _run_folder_command(sub, name: str, func, help: str, run_help: str, params_help: str) -> None:
+    """A subcommand on one run folder: RUN_DIR, --params, --threads, --device and --allow-dirty."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("run_dir", metavar="RUN_DIR", help=run_help)
+    p.add_argument("--params", default="params.yaml", help=params_help)
+    p.add_argument("--threads", type=_int_at_least(1, "a positive number of threads"), default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--allow-dirty", action="store_true", help="run although the sources have uncommitted changes (recorded)")
+    p.set_defaults(func=func)
+
+
 def _ais_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--T", type=_int_at_least(1, "a positive number of temperatures"), default=None, help="default: ais.T")
     p.add_argument("--L", type=_int_at_least(1, "a positive number of leapfrog steps"), default=None, help="default: ais.L")
@@ -495,21 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-dirty", action="store_true", help="run although the sources have uncommitted changes (recorded)")
     p.set_defaults(func=cmd_classifier)
 
-    p = sub.add_parser("sample-quality", help="the Fréchet classifier distance of a trained run's samples to the test images")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a trained run's folder")
-    p.add_argument("--params", default="params.yaml", help="for the sample_quality settings and the data location")
-    p.add_argument("--threads", type=_int_at_least(1, "a positive number of threads"), default=None)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--allow-dirty", action="store_true", help="run although the sources have uncommitted changes (recorded)")
-    p.set_defaults(func=cmd_sample_quality)
-
-    p = sub.add_parser("gaussian-obs", help="a trained VAE decoder's log p under the GAN's Gaussian observation model, by AIS")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a trained VAE run's folder on an 8-bit data set")
-    p.add_argument("--params", default="params.yaml", help="for the ais settings and the data location")
-    p.add_argument("--threads", type=_int_at_least(1, "a positive number of threads"), default=None)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--allow-dirty", action="store_true", help="run although the sources have uncommitted changes (recorded)")
-    p.set_defaults(func=cmd_gaussian_obs)
+    _run_folder_command(sub, "sample-quality", cmd_sample_quality,
+                        "the Fréchet classifier distance of a trained run's samples to the test images",
+                        "a trained run's folder", "for the sample_quality settings and the data location")
+    _run_folder_command(sub, "gaussian-obs", cmd_gaussian_obs,
+                        "a trained VAE decoder's log p under the GAN's Gaussian observation model, by AIS",
+                        "a trained VAE run's folder on an 8-bit data set", "for the ais settings and the data location")
 
     p = sub.add_parser("verify", help="retrain a run from its own settings record and compare its files byte for byte")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a finished run's folder, e.g. results/smoke/binarized_mnist/vae/seed0")
