@@ -127,7 +127,7 @@ def test_ci_workflow_steps_in_a_copy(tmp_path):
 
     # The baseline is a commit on top of main with its metrics; the workspace is the pull request's.
     assert git("rev-parse", "ci-base~1") == main_sha and git("rev-parse", "HEAD") == pr_sha
-    assert "results/smoke/mnist_dynamic/vae/seed0/eval.json" in git("ls-tree", "-r", "--name-only", "ci-base")
+    assert "results/smoke/mnist_dynamic/vae/seed0/metrics.json" in git("ls-tree", "-r", "--name-only", "ci-base")
     assert "Profile smoke" in (project / "reports/smoke/table1.md").read_text()
     pr_log = outputs["Smoke profile on the pull request"]
     assert "Stage 'prepare_mnist_dynamic' didn't change, skipping" in pr_log  # only what the change touches reruns
@@ -139,7 +139,7 @@ def test_ci_workflow_steps_in_a_copy(tmp_path):
     assert body.startswith("## Smoke profile: this pull request vs `main`")
     metrics, params_diff = body.split("### Params")
     assert "| Path" in metrics and "| Metric" in metrics and "| ci-base" in metrics and "| workspace" in metrics
-    rows = [line for line in metrics.splitlines() if line.startswith("| results/smoke/mnist_dynamic/vae/seed0/eval.json")]
+    rows = [line for line in metrics.splitlines() if line.startswith("| results/smoke/mnist_dynamic/vae/seed0/metrics.json")]
     assert any("| neg_log_px " in row for row in rows), metrics
     assert any("| neg_elbo " in row for row in rows), metrics
     assert "| Path" in params_diff and "| Param" in params_diff

@@ -39,6 +39,10 @@ def test_per_image_values_are_saved_and_average_to_eval_json(trained):
         assert (f["neg_elbo"] >= f["neg_log_px"] - 1e-9).mean() > 0.5  # the ELBO bounds IS-K from below on most images
     evaluate(cfg, out)
     assert (out / "per_image.npz").read_bytes() == first  # byte-reproducible like eval.json
+    # metrics.json: the named numbers `dvc metrics show` lists, copied from eval.json
+    headline = json.loads((out / "metrics.json").read_text())
+    assert set(headline) == {"neg_elbo", "neg_log_px", "neg_log_px_se", "gap", "active_units", "K"}
+    assert all(headline[k] == metrics[k] for k in headline)
 
 
 def test_evaluate_writes_eval_json_and_samples(trained):

@@ -146,7 +146,7 @@ def test_evaluate_gan_writes_eval_json_with_sigma_grid_scale_and_provenance(tmp_
     timings = json.loads(folder.eval_timings.read_text())
     assert timings["eval_seconds"] > 0 and not any("seconds" in k for k in ev)
     after = {p.name for p in folder.root.iterdir()}
-    assert after - before == {"eval.json", "eval_timings.json", "samples.npz", "per_image.npz"}  # no temporary files left
+    assert after - before == {"eval.json", "metrics.json", "eval_timings.json", "samples.npz", "per_image.npz"}  # nothing temporary
     folder.model.unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
         evaluate_gan(spec, folder.root, device="cpu", source=source)

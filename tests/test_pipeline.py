@@ -58,6 +58,10 @@ def test_dvc_smoke_profile_end_to_end(tmp_path):
 
     shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], project, env)
     assert shown.returncode == 0 and "neg_log_px" in shown.stdout
+    # metrics.json, a few named numbers per run, not every field of eval.json: lines a terminal shows whole
+    table = run([str(BIN / "dvc"), "metrics", "show"], project, env).stdout.splitlines()
+    assert any(line.startswith("results/smoke/mnist_dynamic/vae/seed0/metrics.json") for line in table)
+    assert max(map(len, table)) < 180 and "is_curve" not in "\n".join(table)
 
     # A row added to a table without `flowvae dvc-yaml`: the first stage DVC runs stops, naming the fix, and the
     # table built before stays as it was.

@@ -7,6 +7,7 @@ rule evaluate:
         data=rules.prepare.output,
     output:
         metrics=f"{RUN}/{layout.EVAL_FILE}",
+        headline=f"{RUN}/{layout.METRICS_FILE}",
         timings=f"{RUN}/{layout.EVAL_TIMINGS_FILE}",
         samples=f"{RUN}/{layout.SAMPLES_FILE}",
         per_image=f"{RUN}/{layout.PER_IMAGE_FILE}",

@@ -35,6 +35,7 @@ from flowvae.spec.layout import (
     GAUSSIAN_OBS_FILE,
     GAUSSIAN_OBS_PER_IMAGE_FILE,
     HISTORY_FILE,
+    METRICS_FILE,
     MODEL_FILE,
     PER_IMAGE_FILE,
     PROFILE_FILE,
@@ -109,15 +110,17 @@ def dvc_stages(params: dict) -> dict:
         }
     run_deps = [f"{RUN}/{MODEL_FILE}", f"{RUN}/{SETTINGS_FILE}", f"{prepared}/${{profile}}/${{item.dataset}}"]
 
-    def per_run(runs_of_stage: list[plan.Run], cmd: str, keys: list[str], outs: list, metrics_file: str) -> dict:
-        """A stage run once per trained run: its command, the run's model and data, its params keys and outputs."""
+    def per_run(runs_of_stage: list[plan.Run], cmd: str, keys: list[str], outs: list, record: str) -> dict:
+        """A stage run once per trained run: its command, the run's model and data, its params keys and outputs; its
+        JSON record is an uncached output (only the evaluation's metrics.json is a DVC metrics file: `dvc metrics show`
+        lists a few named numbers per run, not every field of every record)."""
         return {"foreach": _runs_foreach(runs_of_stage),
-                "do": {"cmd": cmd, "deps": list(run_deps), "params": keys, "outs": outs,
-                       "metrics": [{f"{RUN}/{metrics_file}": {"cache": False}}]}}
+                "do": {"cmd": cmd, "deps": list(run_deps), "params": keys, "outs": [*outs, {f"{RUN}/{record}": {"cache": False}}]}}
 
     stages["evaluate"] = per_run(runs, f"flowvae evaluate {run_args}", plan.eval_param_keys(PROFILE),
                                  [f"{RUN}/{SAMPLES_FILE}", f"{RUN}/{PER_IMAGE_FILE}", {f"{RUN}/{EVAL_TIMINGS_FILE}": {"cache": False}}],
                                  EVAL_FILE)
+    stages["evaluate"]["do"]["metrics"] = [{f"{RUN}/{METRICS_FILE}": {"cache": False}}]
     if plan.ais_runs(params):  # only runs of tables that show an AIS metric
         stages["ais"] = per_run(plan.ais_runs(params), f"flowvae evaluate --estimator ais {run_args}", plan.ais_param_keys(PROFILE),
                                 [f"{RUN}/{AIS_PER_IMAGE_FILE}", {f"{RUN}/{AIS_TIMINGS_FILE}": {"cache": False}}], AIS_FILE)

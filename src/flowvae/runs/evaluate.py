@@ -381,5 +381,18 @@ def evaluate(
     write_npz(folder.samples, arrays, compress=True)
     write_npz(folder.per_image, {"neg_log_px": neg_log_px.numpy(), "neg_elbo": neg_elbo.numpy()}, compress=True)
     write_json(folder.eval_timings, {"eval_seconds": seconds, "is_samples_per_s": neg_log_px.numel() * K / seconds})
+    write_json(folder.metrics, headline_metrics(metrics))
     write_json(folder.eval, metrics)
     return metrics
+
+
+# eval.json's numbers that metrics.json repeats (for `dvc metrics show` and `dvc metrics diff`), where a run has them
+HEADLINE = ("neg_elbo", "neg_log_px", "neg_log_px_se", "gap", "active_units", "K")
+
+
+def headline_metrics(metrics: dict) -> dict:
+    """metrics.json: a few named numbers of an eval.json, bits_per_dim's -log p(x) as `bits_per_dim`."""
+    numbers = {k: metrics[k] for k in HEADLINE if isinstance(metrics.get(k), (int, float))}
+    if isinstance(metrics.get("bits_per_dim"), dict):
+        numbers["bits_per_dim"] = metrics["bits_per_dim"]["neg_log_px"]
+    return numbers

@@ -274,7 +274,7 @@ def evaluate_gan(spec, run_dir: str | Path, threads: int | None = None, device: 
     from flowvae.models.build import build_model, count_parameters
     from flowvae.runs.checkpoint import load_weights
     from flowvae.runs.device import pick_device
-    from flowvae.runs.evaluate import check_recorded, evaluation_identity
+    from flowvae.runs.evaluate import check_recorded, evaluation_identity, headline_metrics
     from flowvae.spec.layout import RunFolder
 
     folder = RunFolder(Path(run_dir))
@@ -310,6 +310,7 @@ def evaluate_gan(spec, run_dir: str | Path, threads: int | None = None, device: 
     write_npz(folder.samples, {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}, compress=True)
     write_npz(folder.per_image, {"index": r.index, "gaussian_obs_neg_log_px": r.neg_log_px.numpy()}, compress=True)
     write_json(folder.eval_timings, r.timings)
+    write_json(folder.metrics, headline_metrics(metrics))
     write_json(folder.eval, metrics)
     return metrics
 

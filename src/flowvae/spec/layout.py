@@ -27,6 +27,7 @@ HISTORY_FILE = "train.jsonl"  # one line per epoch
 CURVES_FILE = "train_curves.csv"  # train.jsonl's curves as CSV: DVC plots read no JSON lines
 TIMINGS_FILE = "train_timings.json"  # seconds per epoch, train_minutes
 EVAL_FILE = "eval.json"
+METRICS_FILE = "metrics.json"  # a few named numbers of eval.json: what `dvc metrics show` and `dvc metrics diff` list
 EVAL_TIMINGS_FILE = "eval_timings.json"
 SAMPLES_FILE = "samples.npz"  # images and latent grids for the figures
 PER_IMAGE_FILE = "per_image.npz"  # float64 -log p(x) and -ELBO of every test image: what paired differences need
@@ -54,7 +55,7 @@ STOPPED_FILE = f"{CHECKPOINT_DIR}/stopped.json"  # why the trainer last stopped 
 BEST_FILE = f"{CHECKPOINT_DIR}/best.safetensors"
 
 TRAIN_OUTPUTS = (MODEL_FILE, SETTINGS_FILE, HISTORY_FILE, CURVES_FILE, TIMINGS_FILE)
-EVAL_OUTPUTS = (EVAL_FILE, EVAL_TIMINGS_FILE, SAMPLES_FILE, PER_IMAGE_FILE)
+EVAL_OUTPUTS = (EVAL_FILE, METRICS_FILE, EVAL_TIMINGS_FILE, SAMPLES_FILE, PER_IMAGE_FILE)
 FIGURE_INPUTS = (EVAL_FILE, HISTORY_FILE, SAMPLES_FILE)  # what the figures notebook reads of each run
 
 
@@ -100,6 +101,10 @@ class RunFolder:
     @property
     def eval(self) -> Path:
         return self.root / EVAL_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
 
     @property
     def eval_timings(self) -> Path:
