@@ -302,3 +302,18 @@ def test_report_table_validates_params(tmp_path, capsys):
     argv = ["report", "table", "--params", str(path), "--table", "table1", "--out-md", str(tmp_path / "t.md"), "--out-tex", str(tmp_path / "t.tex")]
     assert cli.main(argv) == 1
     assert "tables.table1.metrics.0: unknown table metric 'nll_typo'" in capsys.readouterr().err
+
+
+def test_the_gaps_command_takes_its_image_count_from_the_command_line(tmp_path, capsys):
+    path = params_file(tmp_path, epochs=1)
+    params = yaml.safe_load(path.read_text())
+    params["profiles"]["test"]["gaps"] = {"images": 8, "batch_size": 4}  # --images below wins over the profile's 8
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    run = tmp_path / "run"
+    Trainer(cfg_from(path), run).run()
+    out = tmp_path / "gaps.json"
+    code = cli.main(["gaps", str(run), "--params", str(path), "--images", "3", "--max-steps", "5", "--check-every", "5",
+                     "--samples", "2", "--eval-samples", "4", "--T", "3", "--S", "2", "--threads", "1", "--allow-dirty",
+                     "--out", str(out)])
+    assert code in (0, None), capsys.readouterr().err
+    assert json.loads(out.read_text())["n_images"] == 3

@@ -143,8 +143,9 @@ def _withdrawn_on_failure(params: dict, spec, folder: RunFolder):
 
 
 def _withdrawn_if_it_fails(command):
-    """A command on a run folder (args.run_dir) whose failure removes the tables and pages that show the run, as
-    _withdrawn_on_failure does for `flowvae evaluate`: Snakemake reruns them, but a reader would see the old ones."""
+    """A command on a run folder (args.run_dir), called with the folder's RunSpec, whose failure removes the tables and
+    pages that show the run, as _withdrawn_on_failure does for `flowvae evaluate`: Snakemake reruns them, but a reader
+    would see the old ones."""
 
     @functools.wraps(command)
     def run(args: argparse.Namespace):
@@ -152,7 +153,7 @@ def _withdrawn_if_it_fails(command):
 
         spec = spec_of_folder(args.params, args.run_dir)
         with _withdrawn_on_failure(load_params(args.params), spec, RunFolder(Path(args.run_dir))):
-            return command(args)
+            return command(args, spec)
 
     return run
 
@@ -266,15 +267,14 @@ def _ais_args(p: argparse.ArgumentParser) -> None:
 
 
 @_withdrawn_if_it_fails
-def cmd_bdmc(args: argparse.Namespace) -> None:
+def cmd_bdmc(args: argparse.Namespace, spec) -> None:
     import torch
 
     from flowvae.files import provenance
     from flowvae.files.atomic import write_json, write_npz
-    from flowvae.runs.ais import ais_settings_record, bdmc, load_trained, resolve_initial, spec_of_folder
+    from flowvae.runs.ais import ais_settings_record, bdmc, load_trained, resolve_initial
     from flowvae.runs.device import pick_device
 
-    spec = spec_of_folder(args.params, args.run_dir)
     source = _source(args)
     s = _ais_overrides(args, spec)
     if args.threads:
@@ -293,13 +293,12 @@ def cmd_bdmc(args: argparse.Namespace) -> None:
 
 
 @_withdrawn_if_it_fails
-def cmd_gaps(args: argparse.Namespace) -> None:
-    from flowvae.runs.ais import spec_of_folder
+def cmd_gaps(args: argparse.Namespace, spec) -> None:
     from flowvae.runs.gaps import GapSettings, inference_gaps
 
-    spec = spec_of_folder(args.params, args.run_dir)
     block = dict(load_params(args.params)["profiles"][spec.profile]["gaps"])  # the profile's settings; the options win
-    images, batch_size = args.images or block.pop("images", 100), block.pop("batch_size", 25)
+    images, batch_size = block.pop("images", 100), block.pop("batch_size", 25)
+    images = args.images or images
     chosen = {k: getattr(args, k) for k in ("max_steps", "lr", "samples", "eval_samples", "check_every", "patience", "tol")}
     settings = GapSettings(**{**block, **{k: v for k, v in chosen.items() if v is not None}})
     r = inference_gaps(spec, args.run_dir, images, settings, _ais_overrides(args, spec), batch_size=batch_size,
@@ -318,22 +317,18 @@ def cmd_classifier(args: argparse.Namespace) -> None:
 
 
 @_withdrawn_if_it_fails
-def cmd_sample_quality(args: argparse.Namespace) -> None:
-    from flowvae.runs.ais import spec_of_folder
+def cmd_sample_quality(args: argparse.Namespace, spec) -> None:
     from flowvae.runs.sample_quality import evaluate_sample_quality, sample_quality_settings
 
-    spec = spec_of_folder(args.params, args.run_dir)
     settings = sample_quality_settings(load_params(args.params), spec.profile)
     r = evaluate_sample_quality(spec, args.run_dir, settings, threads=args.threads, device=args.device, source=_source(args))
     print(json.dumps({k: r[k] for k in ("model", "fcd", "fcd_se", "samples", "sets")}))
 
 
 @_withdrawn_if_it_fails
-def cmd_gaussian_obs(args: argparse.Namespace) -> None:
-    from flowvae.runs.ais import spec_of_folder
+def cmd_gaussian_obs(args: argparse.Namespace, spec) -> None:
     from flowvae.runs.gaussian_observation import evaluate_decoder
 
-    spec = spec_of_folder(args.params, args.run_dir)
     r = evaluate_decoder(spec, args.run_dir, threads=args.threads, device=args.device, source=_source(args))
     print(json.dumps({k: r[k] for k in ("model", "neg_log_px", "neg_log_px_se", "sigma", "n_images")}))
 
@@ -432,9 +427,8 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from flowvae.pipeline.status import choose_profile, follow
-
     from flowvae.pipeline.plan import for_profile
+    from flowvae.pipeline.status import choose_profile, follow
 
     params = load_params(args.params or Path(args.root) / "params.yaml")
     profile, why = choose_profile(params, args.profile, args.root)

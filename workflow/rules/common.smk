@@ -71,9 +71,15 @@ def built_reports(profile):
     return tables + figures
 
 
+_PROFILE_PARAMS = {}
+
+
 def profile_params(wildcards):
-    """params.yaml as the job's profile builds it: its tables cut to the rows it selects (plan.for_profile)."""
-    return plan.for_profile(config, wildcards.profile)
+    """params.yaml as the job's profile builds it: its tables cut to the rows it selects (plan.for_profile), once per
+    profile (the input functions call it for every job)."""
+    if wildcards.profile not in _PROFILE_PARAMS:
+        _PROFILE_PARAMS[wildcards.profile] = plan.for_profile(config, wildcards.profile)
+    return _PROFILE_PARAMS[wildcards.profile]
 
 
 def resources_of(profile):
