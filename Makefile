@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 CORES ?= 2
 # The suite runs its files on TEST_WORKERS processes (pytest-xdist), each file's tests in one process.
 TEST_WORKERS ?= 2
-TARGET ?= reports/quick/summary_mnist.md
+# The headline table and its figures; every MNIST table: make run TARGET=reports/quick/summary_mnist.md
+TARGET ?= reports/quick/summary_headline.md
 
 .PHONY: setup run test lint smoke bench gpu-check clean-venv
 

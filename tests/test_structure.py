@@ -204,3 +204,16 @@ def test_adding_a_family_is_one_table_entry_and_its_module(tmp_path: Path) -> No
     assert "Shifts" in described.stdout, described.stderr[-2000:]
     # the unmodified package does not know the name
     assert subprocess.run([sys.executable, "-m", "flowvae.cli", "train", *args], cwd=tmp_path, capture_output=True).returncode == 1
+
+
+def test_make_run_builds_the_headline_table_that_the_readme_names() -> None:
+    """`make run`'s default target is the one the README's first command shows, and it holds table 1 only (the
+    full MNIST build is a named TARGET, not the default: it takes hours)."""
+    makefile = (REPO / "Makefile").read_text()
+    target = next(line.split("?=")[1].strip() for line in makefile.splitlines() if line.startswith("TARGET ?="))
+    readme = (REPO / "README.md").read_text()
+    first_command = next(line for line in readme.splitlines() if line.startswith("make run "))
+    assert f"snakemake --cores 2 {target}" in first_command
+    summary = Path(target).stem
+    assert plan.summary_tables(_params(), summary) == ["table1"]
+    assert "make run TARGET=reports/quick/summary_mnist.md" in readme
