@@ -18,6 +18,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# the headless Chromium of the suite's page checks (the DVC plots page, the Snakemake report), from the npm registry
+$(VENV)/chromium/chromium: $(VENV)/.installed tests/chromium.py
+	$(BIN)/python tests/chromium.py fetch $(VENV)/chromium
+
 # greedy: Snakemake's default ILP scheduler solves an integer program at each step; on the smoke DAG's 98 short jobs the
 # greedy one finished in 150-156 s where the ILP one took 162-201 s (2 cores).
 SNAKEMAKE := $(BIN)/snakemake --scheduler greedy
@@ -25,7 +29,7 @@ SNAKEMAKE := $(BIN)/snakemake --scheduler greedy
 run: setup
 	$(SNAKEMAKE) --cores $(CORES) $(TARGET)
 
-test: setup
+test: setup $(VENV)/chromium/chromium
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 smoke: setup

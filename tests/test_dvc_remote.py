@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import chromium
 from conftest import project_copy, set_active_profile
 
 pytestmark = pytest.mark.slow
@@ -77,6 +78,14 @@ def test_plots_show_renders_the_training_curves(built):
     assert encoding["color"]["field"] == "filename" and encoding["strokeDash"]["field"] == "field"
     assert encoding["color"]["legend"]["labelLimit"] >= 400
     assert encoding["y"]["title"] == "-ELBO [nats per image], train and validation"
+    # Drawn by a headless browser offline: the page is not blank and its legend names both runs and both curves.
+    with chromium.Page(chromium.browser(), 1000, 800) as page:
+        page.open((out / "index.html").as_uri(), "document.querySelectorAll('.role-legend-label text').length >= 4")
+        legend = page.evaluate("[...document.querySelectorAll('.role-legend-label text')].map(t => t.textContent)")
+        lines = page.evaluate("document.querySelectorAll('.role-mark path').length")
+        covered, colours = chromium.ink(page.screenshot())
+    assert sorted(legend) == sorted([*name.values(), "train_neg_elbo", "val_neg_elbo"])
+    assert lines >= 4 and covered > 0.02 and colours > 20, (lines, covered, colours)
     # One point per epoch, run and curve, with the values of the run's own log.
     spec = json.loads(dvc("plots", "show", "table1_training_curves", "--json", cwd=project, env=env).stdout)
     (plot,) = spec["data"]["table1_training_curves"]

@@ -60,8 +60,14 @@ rule table:
             subcategory="{table}",
             labels={"table": "{table}", "format": "LaTeX"},
         ),
-        # the table as HTML, which the report's captions show (not a report item of its own)
-        html="reports/{profile}/{table}.html",
+        # the table as a page of its own, which the report shows in its main pane
+        html=report(
+            "reports/{profile}/{table}.html",
+            caption="../report/table.rst",
+            category="Tables",
+            subcategory="{table}",
+            labels={"table": "{table}", "format": "HTML"},
+        ),
     params:
         spec=lambda w: plan.param_values(config, plan.table_param_keys(w.table)),
     log:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from html import escape
 from typing import Any
 
 from flowvae.spec.layout import EVAL_SOURCE_DIFF_FILE, SOURCE_DIFF_FILE
@@ -20,16 +21,11 @@ def dirty_rows(evals: list[Mapping[str, Any]]) -> list[str]:
             if ev.get("source_diff_sha256") or ev.get("train_source_diff_sha256")]
 
 
-def commands_block(table: str, profile: str | None, evals: list[Mapping[str, Any]], budgets: Mapping[str, list[str]]) -> str:
-    """A collapsed Markdown block: the Snakemake target of the table, then per run its three commands and its code."""
-    lines = [
-        "<details><summary>Commands behind each row</summary>",
-        "",
-        f"Rebuild the table: `snakemake --cores 2 reports/{profile}/{table}.md` (from the project folder, on the commit "
-        "each run names below). One run by hand:",
-        "",
-        "```",
-    ]
+def row_commands(table: str, profile: str | None, evals: list[Mapping[str, Any]], budgets: Mapping[str, list[str]]) -> tuple[str, list[str]]:
+    """The Snakemake target of the table (a sentence), then per run a comment naming its code and its three commands."""
+    intro = (f"Rebuild the table: `snakemake --cores 2 reports/{profile}/{table}.md` (from the project folder, on the commit "
+             "each run names below). One run by hand:")
+    lines = []
     for ev in evals:
         args = f"--profile {ev.get('profile')} --dataset {ev.get('dataset')} --model {ev.get('model')} --seed {ev.get('seed')}"
         applied = budgets.get(str(ev.get("model"))) or []
@@ -41,5 +37,19 @@ def commands_block(table: str, profile: str | None, evals: list[Mapping[str, Any
             f"flowvae train {args}",
             f"flowvae evaluate {args}",
         ]
-    lines += ["```", "", "</details>"]
-    return "\n".join(lines) + "\n"
+    return intro, lines
+
+
+def commands_block(table: str, profile: str | None, evals: list[Mapping[str, Any]], budgets: Mapping[str, list[str]]) -> str:
+    """A collapsed Markdown block of row_commands."""
+    intro, lines = row_commands(table, profile, evals, budgets)
+    block = ["<details><summary>Commands behind each row</summary>", "", intro, "", "```", *lines, "```", "", "</details>"]
+    return "\n".join(block) + "\n"
+
+
+def commands_html(table: str, profile: str | None, evals: list[Mapping[str, Any]], budgets: Mapping[str, list[str]]) -> str:
+    """row_commands as a collapsed HTML block."""
+    intro, lines = row_commands(table, profile, evals, budgets)
+    sentence = "".join(f"<code>{escape(part)}</code>" if i % 2 else escape(part) for i, part in enumerate(intro.split("`")))
+    return (f"<details><summary>Commands behind each row</summary>\n<p>{sentence}</p>\n"
+            f"<pre>{escape(chr(10).join(lines))}</pre>\n</details>\n")

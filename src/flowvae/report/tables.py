@@ -17,7 +17,7 @@ import pandas as pd
 
 from flowvae.files.atomic import write_text
 from flowvae.report.captions import DAGGER, caption
-from flowvae.report.commands import commands_block
+from flowvae.report.commands import commands_block, commands_html
 from flowvae.report.format import MISSING_MD, MISSING_TEX, latex_escape, md_escape, num, pm
 from flowvae.report.inputs import PUBLISHED_COLUMNS
 from flowvae.report.paired import NOT_DISTINGUISHABLE, paired_delta
@@ -26,6 +26,25 @@ from flowvae.spec.metrics import Metric, metric
 
 LATE_LIMIT = 0.5  # nats of validation -ELBO gained in the last 20% of the epochs: a row still improving
 STILL_IMPROVING = " ▲"
+# reports/<profile>/<table>.html: a page of its own, which `snakemake --report` shows in its main pane
+HTML_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; font-size: 14px; margin: 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }}
+th:first-child, td:first-child {{ text-align: left; }}
+thead th {{ border-bottom: 1px solid #888; }}
+tbody tr:nth-child(even) {{ background: #f3f3f3; }}
+p {{ max-width: 60em; line-height: 1.4; }}
+pre {{ background: #f6f6f6; padding: 0.6em; overflow-x: auto; }}
+</style></head>
+<body>
+<p><strong>{title}</strong></p>
+{table}
+<p>{caption}</p>
+{commands}</body></html>
+"""
 
 
 class MissingEvalError(ValueError):
@@ -286,8 +305,9 @@ def table_texts(
             cells += [Cell(shown_value, shown_value.replace(DAGGER, r"$^\dagger$")), Cell(delta, delta)]
 
     title, text = caption(t, shown, [c[0] for c in columns])
-    commands = commands_block(name, t.context.get("profile") or (t.chosen[0].get("profile") if t.chosen else None),
-                              t.chosen, t.context.get("row_budgets") or {})
+    row_commands_of = (name, t.context.get("profile") or (t.chosen[0].get("profile") if t.chosen else None), t.chosen,
+                       t.context.get("row_budgets") or {})
+    commands = commands_block(*row_commands_of)
     md_frame = pd.DataFrame([[md_escape(c.md) for c in cells] for cells in body], columns=[md_escape(c[0]) for c in columns])
     tex_frame = pd.DataFrame([[c.tex for c in cells] for cells in body], columns=[c[1] for c in columns])
     markdown = (
@@ -305,10 +325,11 @@ def table_texts(
         column_format="l" + "r" * (len(columns) - 1),
     )
     html_frame = pd.DataFrame([[c.md for c in cells] for cells in body], columns=[c[0] for c in columns])
-    html = (
-        f"<p><strong>{escape(title)}</strong></p>\n"
-        + html_frame.to_html(index=False, border=0, classes="table table-sm", justify="right")
-        + f"\n<p>{escape(text)}</p>\n<pre>{escape(commands.strip())}</pre>\n"
+    html = HTML_PAGE.format(
+        title=escape(title),
+        table=html_frame.to_html(index=False, border=0, classes="table table-sm", justify="right"),
+        caption=escape(text),
+        commands=commands_html(*row_commands_of),
     )
     return markdown, latex, html
 
