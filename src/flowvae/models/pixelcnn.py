@@ -17,8 +17,9 @@ or <= g (mask B, the later ones).
 Binarized data: a Bernoulli logit per pixel (nats). 8-bit data: a 256-way softmax per subpixel (Sec. 5.3 of
 PixelRNN), scored by likelihoods.Categorical, in nats per image on the 8-bit scale (bits/dim by the tables).
 
-Sampling draws one subpixel per network evaluation (no activation cache), each evaluation run on the rows that
-the receptive field of the current row reaches (`rows_above`), which gives the same numbers as the whole image.
+Sampling draws one subpixel per network evaluation (no activation cache), each evaluation run on the window that
+the receptive field of the current pixel reaches (`rows_above` rows, `cols_around` columns either side), the output
+head on that pixel only; this gives the same numbers as the whole image.
 """
 
 from __future__ import annotations
@@ -104,10 +105,29 @@ class PlainStack(nn.Module):
         super().__init__()
         self.first = MaskedConv2d(image_channels, channels, (first_kernel, first_kernel), "A", image_channels)
         self.blocks = nn.Sequential(*[ResidualBlock(channels, kernel, image_channels) for _ in range(layers)])
-        self.rows_above = first_kernel // 2 + layers * (kernel // 2)
+        self.half = kernel // 2
+        self.rows_above = first_kernel // 2 + layers * self.half
+        self.cols_around = first_kernel // 2 + layers * self.half
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(self.first(x))
+
+    def at(self, window: Tensor, col: int) -> Tensor:
+        """Features (B, C, 1, 1) of the window's last row at column col, each layer computed only where a later layer
+        or that pixel reads it: the cone narrows by kernel // 2 rows and columns per block."""
+        height, width = window.shape[-2:]
+        last = height - 1
+        h = self.first(window)
+        top, left = 0, 0  # the window coordinates of h's first row and column
+        for remaining in range(len(self.blocks), -1, -1):
+            reach = remaining * self.half
+            rows = max(0, last - reach)
+            cols = max(0, col - reach), min(width - 1, col + reach)
+            h = h[:, :, rows - top :, cols[0] - left : cols[1] - left + 1]
+            top, left = rows, cols[0]
+            if remaining:
+                h = self.blocks[len(self.blocks) - remaining](h)
+        return h
 
 
 def _shift_down(x: Tensor) -> Tensor:
@@ -155,12 +175,17 @@ class GatedStack(nn.Module):
             + [GatedLayer(channels, channels, kernel, image_channels, first=False) for _ in range(layers)]
         )
         self.rows_above = 1 + first_kernel // 2 + layers * (kernel // 2)
+        self.cols_around = first_kernel // 2 + layers * (kernel // 2)
 
     def forward(self, x: Tensor) -> Tensor:
         v = h = x
         for layer in self.layers:
             v, h = layer(v, h)
         return h
+
+    def at(self, window: Tensor, col: int) -> Tensor:
+        """Features (B, C, 1, 1) of the window's last row at column col (the whole window computed)."""
+        return self(window)[:, :, -1:, col : col + 1]
 
 
 class PixelCNN(LatentVariableModel):
@@ -213,7 +238,10 @@ class PixelCNN(LatentVariableModel):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n images drawn subpixel by subpixel, each network evaluation on the rows the current row's receptive field reaches."""
+        """n images drawn subpixel by subpixel. Each step runs the stack on the window that the current pixel's
+        receptive field reaches (rows_above rows up, cols_around columns either side; the plain stack only on the
+        cone of it that the pixel reads) and the 1x1 head on that pixel alone: the same numbers as the whole image,
+        where padding at a window's edge changes only activations that the pixel does not see."""
         c, height, width = self.image_shape
         p = next(self.parameters())
         x = torch.zeros(n, c, height, width, dtype=p.dtype, device=p.device)
@@ -221,8 +249,10 @@ class PixelCNN(LatentVariableModel):
         for row in range(height):
             top = max(0, row - self.stack.rows_above)
             for col in range(width):
+                left = max(0, col - self.stack.cols_around)
+                window = x[:, :, top : row + 1, left : col + self.stack.cols_around + 1]
                 for ch in range(c):
-                    params = self.logits(x[:, :, top : row + 1])[:, ch * k : (ch + 1) * k, -1, col]
+                    params = self.head(self.stack.at(2.0 * window - 1.0, col - left))[:, ch * k : (ch + 1) * k, 0, 0]
                     x[:, ch, row, col] = self._draw(params, generator).to(p.device)
         return x
 
