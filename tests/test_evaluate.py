@@ -11,7 +11,7 @@ import torch
 
 from conftest import quadrature_log_px
 
-from flowvae.runs.evaluate import LogMeanExp, active_units, evaluate, importance_sample, is_curve
+from flowvae.runs.evaluate import LogMeanExp, active_units, curve_points, evaluate, importance_sample, is_curve
 from flowvae.models.objectives import free_bits_kl, objective
 from flowvae.data.batches import batches_for
 from flowvae.models.build import build_model
@@ -197,3 +197,10 @@ def test_curve_images_are_a_seeded_random_sample_named_in_eval_json(trained):
     assert first[:100].sum() < 30  # not the first images: a test file sorted by digit would give one digit
     metrics = evaluate(cfg, out)
     assert metrics["is_curve_images"] == 8  # the tiny profile's is_curve_points
+
+
+def test_the_is_curve_runs_to_the_k_the_tables_print():
+    assert curve_points([1, 4, 16, 64, 128], 1000) == [1, 4, 16, 64, 128, 1000]  # 8-bit MNIST in the quick profile
+    assert curve_points([1, 4, 16, 64, 128], 128) == [1, 4, 16, 64, 128]
+    assert curve_points([1, 10, 100, 1000, 5000], 128) == [1, 10, 100, 128]  # no point beyond the samples drawn
+    assert curve_points([], 16) == [16]

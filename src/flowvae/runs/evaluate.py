@@ -166,6 +166,12 @@ def importance_sample(model, batches, K: int, device: torch.device, max_batch: i
     return result
 
 
+def curve_points(curve_K, K: int) -> list[int]:
+    """The sample counts of the IS-vs-K curve: the profile's curve_K up to K, and K itself (the estimate the tables
+    print), so that the curve shows whether it had flattened where the tables read it."""
+    return sorted({int(k) for k in curve_K if 0 < int(k) < K} | {K})
+
+
 def is_curve(log_w: torch.Tensor, ks: list[int]) -> list[dict]:
     """-log p(x) estimated with k samples, for each k, from log-weights (K, n).
 
@@ -365,7 +371,7 @@ def evaluate(
         "active_units": None if model.exact_likelihood else active_units(r["mean_z"], r["var_z"], K),
         "ess_fraction": float(r["ess_fraction"].mean()),
         "bits_per_dim": None,
-        "is_curve": is_curve(r["curve_log_w"], list(settings.curve_K) or [K]),
+        "is_curve": is_curve(r["curve_log_w"], curve_points(settings.curve_K, K)),
         "is_curve_images": int(curve_images.sum()),
     }
     if get_likelihood(spec.likelihood).eight_bit:
