@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -123,7 +124,8 @@ class Page:
                     if "error" in reply:
                         raise RuntimeError(f"{method}: {reply['error']}")
                     return reply["result"]
-            if time.monotonic() > deadline:
+            readable, _, _ = select.select([self.from_browser], [], [], max(0.0, deadline - time.monotonic()))
+            if not readable:
                 raise TimeoutError(f"{method}: no reply from the browser in {timeout:.0f} s")
             chunk = os.read(self.from_browser, 1 << 20)
             if not chunk:
