@@ -76,7 +76,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_int_at_least(0, "a non-negative integer"), default=0)
     p.add_argument("--out", default=None, help="run folder (default: results/{profile}/{dataset}/{model}/seed{seed})")
     p.add_argument("--threads", type=_int_at_least(1, "a positive number of threads"), default=None,
-                   help="CPU threads (Snakemake passes its `threads`; default: torch's)")
+                   help="CPU threads (default: the profile's resources.threads, which Snakemake passes too)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--allow-dirty", action="store_true",
                    help=f"run although the sources (or the params file) have uncommitted changes; the run folder keeps "
@@ -167,13 +167,13 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     source = _source(args)
     resources = spec.resources
     max_minutes = args.max_minutes if args.max_minutes is not None else resources.max_minutes
-    ctx, device, threads = distributed.SINGLE, args.device, args.threads
+    ctx, device, threads = distributed.SINGLE, args.device, _threads(args, spec)
     if distributed.is_worker():  # one of several processes (started below, or by torchrun)
         from flowvae.runs.device import pick_device
 
         ctx, worker_device = distributed.init_worker(pick_device(args.device))
         device = worker_device.type
-        threads = max(1, (threads or resources.threads) // ctx.local_world)
+        threads = max(1, threads // ctx.local_world)
     else:
         plan = distributed.plan_processes(resources.gpus, resources.nproc, args.nproc, args.device)
         if plan.world > 1:  # this process launches them, with torchrun's launcher, and waits
@@ -196,6 +196,12 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     finally:
         distributed.close(ctx)
     return None
+
+
+def _threads(args: argparse.Namespace, spec) -> int:
+    """--threads, else the profile's resources.threads, the count Snakemake passes: a command run by hand (as a table
+    lists it) then computes with the same threads as the build, which float sums depend on."""
+    return args.threads or spec.resources.threads
 
 
 def _worker_args(args: argparse.Namespace, spec, folder: RunFolder, plan) -> list[str]:
@@ -225,12 +231,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         from flowvae.runs.ais import evaluate_ais
 
         with _withdrawn_on_failure(params, spec, folder):
-            result = evaluate_ais(spec, folder.root, threads=args.threads, device=args.device, source=source)
+            result = evaluate_ais(spec, folder.root, threads=_threads(args, spec), device=args.device, source=source)
         keys = ("neg_log_px", "neg_log_px_se", "n_images", "accept_rate")
         print(json.dumps({k: result[k] for k in keys}))
         return
     with _withdrawn_on_failure(params, spec, folder):
-        metrics = evaluate(spec, folder.root, threads=args.threads, device=args.device, source=source)
+        metrics = evaluate(spec, folder.root, threads=_threads(args, spec), device=args.device, source=source)
     keys = ("neg_elbo", "neg_log_px", "neg_log_px_se", "gap", "active_units", "K", "sigma")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
 

@@ -84,6 +84,7 @@ def verify(params_file: str | Path, run_dir: str | Path, epochs: int | None = No
                                prepared_dir(params, settings["profile"], settings["dataset"]))
     if epochs is not None:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=min(epochs, spec.train.epochs)))
+    threads = threads or spec.resources.threads  # as `flowvae train` and `flowvae evaluate` default: float sums depend on it
     from flowvae.runs.evaluate import evaluate
     from flowvae.runs.train import Trainer
 
