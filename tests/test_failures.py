@@ -304,6 +304,37 @@ def test_report_table_validates_params(tmp_path, capsys):
     assert "tables.table1.metrics.0: unknown table metric 'nll_typo'" in capsys.readouterr().err
 
 
+def test_run_folder_commands_default_to_the_profiles_threads(tmp_path, monkeypatch):
+    """Without --threads, every command on a run folder computes with resources.threads, the count Snakemake passes:
+    float sums depend on it, so a command run by hand must reproduce the build's bytes."""
+    from flowvae.runs import ais, gaps, gaussian_observation, sample_quality
+
+    path = params_file(tmp_path, epochs=1)
+    params = yaml.safe_load(path.read_text())
+    params["profiles"]["test"]["resources"]["threads"] = 3
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    run = tmp_path / "run"
+    Trainer(cfg_from(path), run, threads=1).run()
+    seen = {}
+
+    def recorder(name):
+        def record(*args, threads=None, **kwargs):
+            seen[name] = threads
+            raise RuntimeError("recorded")
+        return record
+
+    monkeypatch.setattr(gaps, "inference_gaps", recorder("gaps"))
+    monkeypatch.setattr(sample_quality, "evaluate_sample_quality", recorder("sample-quality"))
+    monkeypatch.setattr(sample_quality, "train_feature_classifier", recorder("classifier"))
+    monkeypatch.setattr(gaussian_observation, "evaluate_decoder", recorder("gaussian-obs"))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.setdefault("bdmc", n))
+    monkeypatch.setattr(ais, "load_trained", recorder("load_trained"))
+    for command in ("gaps", "sample-quality", "gaussian-obs", "bdmc"):
+        assert cli.main([command, str(run), "--params", str(path), "--allow-dirty"]) != 0
+    assert cli.main(["classifier", "--params", str(path), "--dataset", "stripes", "--allow-dirty"]) != 0
+    assert seen == {"gaps": 3, "sample-quality": 3, "gaussian-obs": 3, "bdmc": 3, "classifier": 3, "load_trained": None}
+
+
 def test_the_gaps_command_takes_its_image_count_from_the_command_line(tmp_path, capsys):
     path = params_file(tmp_path, epochs=1)
     params = yaml.safe_load(path.read_text())

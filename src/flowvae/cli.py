@@ -106,6 +106,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from flowvae.spec.datasets import DatasetSpec
     from flowvae.data.prepare import prepare
 
+    from flowvae.spec.settings import Resources
+
     params = _params(args)
     profile = args.profile or params["profile"]
     source = source_dataset(params, profile, args.dataset)
@@ -152,6 +154,7 @@ def _withdrawn_if_it_fails(command):
         from flowvae.runs.ais import spec_of_folder
 
         spec = spec_of_folder(args.params, args.run_dir)
+        args.threads = _threads(args, spec)
         with _withdrawn_on_failure(load_params(args.params), spec, RunFolder(Path(args.run_dir))):
             return command(args, spec)
 
@@ -316,8 +319,12 @@ def cmd_gaps(args: argparse.Namespace, spec) -> None:
 def cmd_classifier(args: argparse.Namespace) -> None:
     from flowvae.runs.sample_quality import train_feature_classifier
 
+    from flowvae.spec.settings import Resources
+
     params = _params(args)
-    record = train_feature_classifier(params, args.profile or params["profile"], args.dataset, threads=args.threads,
+    profile = args.profile or params["profile"]
+    threads = args.threads or Resources.from_params(profile_settings(params, profile).get("resources")).threads
+    record = train_feature_classifier(params, profile, args.dataset, threads=threads,
                                       device=args.device, source=_source(args))
     print(json.dumps({k: record[k] for k in ("dataset", "epochs", "test_accuracy")}))
 
@@ -355,6 +362,8 @@ def cmd_describe(args: argparse.Namespace) -> None:
     from flowvae.models.build import build_model, describe
     from flowvae.spec.run import RunSpec
 
+    from flowvae.spec.settings import Resources
+
     params = _params(args)
     profile = args.profile or params["profile"]
     spec = RunSpec.resolve(params, profile, args.dataset, args.model, 0)
@@ -376,6 +385,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
     from flowvae.pipeline import plan
     from flowvae.files.atomic import atomic_path
+
+    from flowvae.spec.settings import Resources
 
     params = _params(args)
     profile = args.profile or params["profile"]
