@@ -30,7 +30,7 @@ run: setup
 	$(SNAKEMAKE) --cores $(CORES) $(TARGET)
 
 test: setup $(VENV)/chromium/chromium
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 smoke: setup
 	$(SNAKEMAKE) --cores $(CORES) --config profile=smoke -- reports/smoke/summary.md

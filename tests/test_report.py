@@ -200,6 +200,20 @@ def test_a_budget_is_named_in_the_caption(published: pd.DataFrame) -> None:
     assert "epochs 15 instead of 80" in tex
 
 
+def test_a_budget_names_only_what_it_changes() -> None:
+    from types import SimpleNamespace
+
+    params = {"profiles": {"quick": {"train": {"epochs": 80, "warmup_epochs": 5}}},
+              "budgets": {"long": {"profiles": ["quick"], "datasets": ["stripes", "other"],
+                                   "train": {"epochs": 60, "warmup_epochs": 5}},
+                          "same": {"profiles": ["quick"], "datasets": ["other"], "train": {"warmup_epochs": 5}}}}
+    run = SimpleNamespace(dataset="stripes", model="vae")
+    assert report.budget_text(params, "quick", [run]) == "budget long: epochs 60 instead of 80"
+    run = SimpleNamespace(dataset="other", model="vae")
+    assert report.budget_text(params, "quick", [run]) == ("budget long: epochs 60 instead of 80; "
+                                                          "budget same: the profile's training settings")
+
+
 def test_missing_eval_names_the_model(published: pd.DataFrame) -> None:
     evals = [_eval("vae"), _eval("vae_elbo5"), _eval("iaf_d2_w320", dataset="cifar10")]
     with pytest.raises(report.MissingEvalError, match="iaf_d2_w320") as err:

@@ -364,7 +364,8 @@ def budget_text(params: Mapping[str, Any], profile: str, runs: Iterable[Any]) ->
     texts = []
     for name in names:
         budget = params["budgets"][name]
-        changes = ", ".join(f"{k} {v}" + (f" instead of {base[k]}" if k in base else "") for k, v in budget["train"].items())
+        changes = ", ".join(f"{k} {v}" + (f" instead of {base[k]}" if k in base else "")
+                            for k, v in budget["train"].items() if base.get(k) != v) or "the profile's training settings"
         texts.append(f"budget {name}: {changes}" + (f"; {budget['note']}" if budget.get("note") else ""))
     return "; ".join(texts)
 
