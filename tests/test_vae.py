@@ -121,6 +121,19 @@ def test_build_model_and_forward(name: str) -> None:
     assert model.decode_mean(torch.zeros(2, 8)).shape == (2, 1, 28, 28)
 
 
+@pytest.mark.parametrize("name", ["vae", "iaf_d2_w16", "rnvp2"])
+def test_the_representative_latent_is_the_base_mean_through_the_flow(name: str) -> None:
+    """Interpolations decode encode_mean: for a flow posterior that is q0's mean pushed through the flow (eps = 0), not
+    q0's mean, which the decoder never sees."""
+    model = perturbed_2d_model(name)
+    x = (torch.rand(3, 1, 4, 4, dtype=torch.float64) > 0.5).double()
+    mu, log_std, h = model.encoder(x)
+    assert torch.equal(model.base_mean(x), mu)
+    assert torch.allclose(model.encode_mean(x), model.flow(mu, h)[0])
+    moved = (model.encode_mean(x) - mu).abs().max().item()
+    assert (moved == 0) == (name == "vae")
+
+
 def test_resnet_model_on_cifar_shapes() -> None:
     net = {"kind": "resnet", "z_dim": 8, "context_dim": 8}
     model = build_variant("iaf_d1_w32", net, (3, 32, 32), "discretized_logistic")

@@ -71,7 +71,7 @@ class LatentVariableModel(nn.Module):
         raise NotImplementedError
 
     def encode_mean(self, x: Tensor) -> Tensor:
-        """A representative latent (B, latent_dim) per image: the posterior base mean."""
+        """A representative latent (B, latent_dim) per image: the posterior's base mean pushed through its flow."""
         raise NotImplementedError
 
     def reconstruct(self, x: Tensor) -> Tensor:

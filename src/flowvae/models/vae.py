@@ -73,7 +73,13 @@ class VAE(LatentVariableModel):
         return self.likelihood.mean(self.decoder(z))
 
     def encode_mean(self, x: Tensor) -> Tensor:
-        """Mean of q0 (B, D)."""
+        """The posterior's latent at eps = 0 (B, D): q0's mean pushed through the flow, where the decoder was trained to
+        look (q0's mean itself decodes to speckled digits under an IAF posterior)."""
+        mu, log_std, h = self.encoder(x)
+        return self.posterior(torch.zeros_like(mu), mu, log_std, h)[0]
+
+    def base_mean(self, x: Tensor) -> Tensor:
+        """Mean of q0, the flow's base (B, D)."""
         return self.encoder(x)[0]
 
     def reconstruct(self, x: Tensor) -> Tensor:

@@ -31,7 +31,8 @@ samples.npz beside it: originals, reconstructions, prior_samples, interpolations
 latent, manifold and manifold_quantiles (decoded means over a grid of latents at normal quantiles),
 grid_x, grid_y, prior_logp and posterior_logq (log-densities on a grid over [-4, 4]^2) for a few test images,
 and per image posterior_x, posterior_y, posterior_logq_local (its log-density on a grid of its own, over the
-square holding its mass) and posterior_mu (the encoder's mean); byte-reproducible like eval.json.
+square holding its mass) and posterior_mu (the encoder's mean, the flow's base); interpolations run between the posteriors' latents at eps = 0
+(encode_mean); byte-reproducible like eval.json.
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ def figure_arrays(model, x: torch.Tensor, seed: int, n_prior: int = 64, n_interp
         arrays["posterior_x"] = torch.stack(local_x).cpu().numpy()
         arrays["posterior_y"] = torch.stack(local_y).cpu().numpy()
         arrays["posterior_logq_local"] = torch.stack(local_logq).cpu().numpy()
-        arrays["posterior_mu"] = model.encode_mean(points).cpu().numpy()
+        arrays["posterior_mu"] = model.base_mean(points).cpu().numpy()
     return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
 
 
