@@ -106,8 +106,6 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from flowvae.spec.datasets import DatasetSpec
     from flowvae.data.prepare import prepare
 
-    from flowvae.spec.settings import Resources
-
     params = _params(args)
     profile = args.profile or params["profile"]
     source = source_dataset(params, profile, args.dataset)
@@ -362,8 +360,6 @@ def cmd_describe(args: argparse.Namespace) -> None:
     from flowvae.models.build import build_model, describe
     from flowvae.spec.run import RunSpec
 
-    from flowvae.spec.settings import Resources
-
     params = _params(args)
     profile = args.profile or params["profile"]
     spec = RunSpec.resolve(params, profile, args.dataset, args.model, 0)
@@ -385,8 +381,6 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
     from flowvae.pipeline import plan
     from flowvae.files.atomic import atomic_path
-
-    from flowvae.spec.settings import Resources
 
     params = _params(args)
     profile = args.profile or params["profile"]

@@ -31,8 +31,8 @@ samples.npz beside it: originals, reconstructions, prior_samples, interpolations
 latent, manifold and manifold_quantiles (decoded means over a grid of latents at normal quantiles),
 grid_x, grid_y, prior_logp and posterior_logq (log-densities on a grid over [-4, 4]^2) for a few test images,
 and per image posterior_x, posterior_y, posterior_logq_local (its log-density on a grid of its own, over the
-square holding its mass) and posterior_mu (the encoder's mean, the flow's base); interpolations run between the posteriors' latents at eps = 0
-(encode_mean); byte-reproducible like eval.json.
+square holding its mass) and posterior_mu (the encoder's mean, the flow's base); interpolations run between
+the posteriors' latents at eps = 0 (encode_mean); byte-reproducible like eval.json.
 """
 
 from __future__ import annotations
