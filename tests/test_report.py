@@ -196,7 +196,7 @@ def test_the_bdmc_gap_of_a_run_is_stated_in_the_caption(published: pd.DataFrame)
 def test_a_budget_is_named_in_the_caption(published: pd.DataFrame) -> None:
     context = {**CONTEXT, "budget": "budget short: epochs 15 instead of 80"}
     md, tex = report.build_table("table1", {**SPEC, "rows": [{"model": "vae"}]}, [_eval("vae", epochs=15)], published, context)
-    assert "Trained under budget short: epochs 15 instead of 80, 15 epochs run" in md and "reduced" not in md
+    assert "Trained under budget short: epochs 15 instead of 80. Epochs run: 15." in md and "reduced" not in md
     assert "epochs 15 instead of 80" in tex
 
 
@@ -279,7 +279,7 @@ def test_second_hand_published_numbers_carry_a_dagger_and_a_legend(tmp_path: Pat
     assert "Also published (quoted, -ELBO): vae 86.60†." in md
     assert "† read second-hand or not verified in the source" in md
     assert "'published' columns: -ELBO: Checked et al. 2020;" in md
-    assert "Set-ups: Checked et al. 2020: fixed MNIST, MLP, 100 epochs; ours: binarized_mnist, MLP, 15 epochs." in md
+    assert "Set-ups: Checked et al. 2020: fixed MNIST, MLP, training 100 epochs; ours: binarized_mnist, MLP, 15 epochs." in md
     assert "80.00" not in md and "other" not in md  # another data set's number is not comparable
 
 

@@ -39,7 +39,7 @@ def caption(t: TableRuns, shown: dict[str, str], columns: list[str] = ()) -> tup
         parts.insert(0, f"Warning: {', '.join(dirty)} ran from uncommitted code (its diff is in the run folder).")
     budget = context.get("budget")
     if budget:
-        parts.append(f"Trained under {budget}, {first('epochs')} epochs run.")
+        parts.append(f"Trained under {budget}. Epochs run: {first('epochs')}.")
     else:
         parts.append(f"{first('epochs')} epochs.")
     parts += _estimator_text(t)
@@ -153,7 +153,7 @@ def _setups_text(t: TableRuns) -> list[str]:
     shown = [s for s in dict.fromkeys(t.published_here["source"]) if s in sources]
     if not shown:
         return []
-    setups = "; ".join(f"{cite(t, s)}: {sources[s]['data']}, {sources[s]['network']}, {sources[s]['training']}" for s in shown)
+    setups = "; ".join(f"{cite(t, s)}: {sources[s]['data']}, {sources[s]['network']}, training {sources[s]['training']}" for s in shown)
     ours = t.context.get("setup")
     return [f"Set-ups: {setups}" + (f"; ours: {ours}." if ours else ".")]
 
