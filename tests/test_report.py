@@ -142,6 +142,14 @@ def test_an_exact_flow_row_is_named_as_exact(published: pd.DataFrame) -> None:
     assert "K = 1," not in md and "K = 1 " not in md
 
 
+def test_ess_is_blank_for_a_likelihood_without_importance_weights(published: pd.DataFrame) -> None:
+    spec = {**SPEC, "rows": [{"model": "vae"}, {"model": "realnvp_s2_b2"}], "metrics": ["neg_log_px", "ess_fraction"]}
+    evals = [_eval("vae", estimator="importance sampling", ess_fraction=0.003),
+             _eval("realnvp_s2_b2", K=1, estimator="exact", ess_fraction=1.0)]
+    md, _ = report.build_table("table7", spec, evals, published, CONTEXT)
+    assert _column(md, "ESS/K") == ["0.003", "—"]
+
+
 def test_a_pixelcnn_and_a_gan_row_say_how_their_likelihood_was_had(published: pd.DataFrame) -> None:
     spec = {**SPEC, "rows": [{"model": "vae"}, {"model": "pixelcnn_l5_c32"}, {"model": "gan"}], "metrics": ["neg_log_px", "fcd"]}
     evals = [_eval("vae", estimator="importance sampling", sample_quality={"fcd": 12.5, "fcd_se": 0.3}),

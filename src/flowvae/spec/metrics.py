@@ -36,6 +36,15 @@ def _field(*path: str) -> Callable[[Mapping[str, Any]], Any]:
     return get
 
 
+def _importance_sampled(key: str) -> Callable[[Mapping[str, Any]], Any]:
+    """A field of an importance-sampled evaluation; None for an exact or AIS likelihood, which has no weights."""
+
+    def get(ev: Mapping[str, Any]) -> Any:
+        return ev.get(key) if ev.get("estimator", "importance sampling") == "importance sampling" else None
+
+    return get
+
+
 def _bpd_se(nats: str, bits: str) -> Callable[[Mapping[str, Any]], Any]:
     """Standard error in bits/dim, scaled from the nats one by the eval's own bits/nats ratio."""
 
@@ -105,7 +114,7 @@ METRICS: dict[str, Metric] = {
         Metric("active_units", "active units", "active units", _field("active_units"), None, "active_units", 0),
         Metric("n_params", "parameters", "parameters", _field("n_params"), None, None, 0),
         Metric("train_minutes", "train min", "train min", _field("train_minutes"), None, None, 1),
-        Metric("ess_fraction", "ESS/K", "ESS/$K$", _field("ess_fraction"), None, None, 3),
+        Metric("ess_fraction", "ESS/K", "ESS/$K$", _importance_sampled("ess_fraction"), None, None, 3, some_rows=True),
         # 4 decimals: 0.001 bits/dim is 0.54 nats on a 784-pixel image, more than the differences between models
         Metric("bits_per_dim_elbo", "-ELBO (bits/dim)", r"$-$ELBO (bits/dim)", _field("bits_per_dim", "neg_elbo"),
                _bpd_se("neg_elbo", "neg_elbo"), "bits_per_dim_elbo", 4),
