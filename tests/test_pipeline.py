@@ -24,8 +24,8 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_dvc_smoke_profile_end_to_end(tmp_path):
     project = tmp_path / "project"
-    # Tables 1-6: every data set but the 8-bit one and every training stage of the first papers; the later tables'
-    # stages (AIS, gaps, the GAN, the classifier) run through Snakemake in test_snakemake_report.py.
+    # Tables 1-6: every data set but the 8-bit one; the stages of tables 11 and 13 (gaps, the classifier, sample
+    # quality, the Gaussian observation model) run through DVC in test_pipeline_later_stages.py.
     mirror = project_copy(project, rows_per_table=1, tables=[f"table{n}" for n in range(1, 7)])
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLOWVAE_DATA_MIRROR": str(mirror)}
 
