@@ -237,3 +237,10 @@ def quadrature_log_px(model, x, half_width: float, points: int):
         log_prior = -0.5 * (grid**2).sum(-1) - math.log(2 * math.pi)
         return torch.stack([torch.logsumexp(model.likelihood.log_prob(params, x[i : i + 1]) + log_prior, 0) + 2 * math.log(step)
                             for i in range(x.shape[0])])
+
+
+def pytest_collection_modifyitems(items):
+    """The files holding slow tests first, each file's tests in their order: on several workers (--dist loadfile) a
+    long end-to-end test then starts early instead of running alone at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
