@@ -3,7 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
-# The suite runs its files on TEST_WORKERS processes (pytest-xdist), each file's tests in one process.
+# The suite runs its files on TEST_WORKERS processes (pytest-xdist), each file's tests in one process, the files with
+# slow tests first (tests/conftest.py; --no-loadscope-reorder keeps that order).
 TEST_WORKERS ?= 2
 # The headline table and its figures; every MNIST table: make run TARGET=reports/quick/summary_mnist.md
 TARGET ?= reports/quick/summary_headline.md
@@ -30,7 +31,7 @@ run: setup
 	$(SNAKEMAKE) --cores $(CORES) $(TARGET)
 
 test: setup $(VENV)/chromium/chromium
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 smoke: setup
 	$(SNAKEMAKE) --cores $(CORES) --config profile=smoke -- reports/smoke/summary.md

@@ -240,7 +240,8 @@ def quadrature_log_px(model, x, half_width: float, points: int):
 
 
 def pytest_collection_modifyitems(items):
-    """The files holding slow tests first, each file's tests in their order: on several workers (--dist loadfile) a
-    long end-to-end test then starts early instead of running alone at the end."""
+    """The files holding slow tests first, each file's tests in their order: on several workers (`make test`: --dist
+    loadfile --no-loadscope-reorder, which keeps this order) a long end-to-end test then starts early instead of
+    running alone at the end."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)
