@@ -457,3 +457,12 @@ def test_rows_still_improving_are_marked(published: pd.DataFrame) -> None:
     assert [r[0] for r in _md_rows(md)] == ["vae", "iaf_d2_w320 ▲", "vae_elbo5"]
     assert "▲ still improving: the best validation -ELBO of iaf_d2_w320 fell by more than 0.5 nats" in md
     assert r"$^\blacktriangle$" in tex
+    assert "not converged values" not in md
+
+
+def test_the_caption_says_why_rows_trained_under_a_budget_are_still_improving(published: pd.DataFrame) -> None:
+    evals = [_eval("vae", late_improvement=0.2), _eval("iaf_d2_w320", late_improvement=1.7), _eval("vae_elbo5")]
+    context = {**CONTEXT, "row_budgets": {"vae": ["short"], "iaf_d2_w320": ["short"], "vae_elbo5": ["long"]}}
+    md, _ = report.build_table("table1", SPEC, evals, published, context)
+    assert "Their epochs are those of budget short (above), set by the table's time limit" in md
+    assert "budget long (above)" not in md and "budget long, short" not in md

@@ -55,6 +55,11 @@ def caption(t: TableRuns, shown: dict[str, str], columns: list[str] = ()) -> tup
     if improving:
         parts.append(f"▲ still improving: the best validation -ELBO of {', '.join(improving)} fell by more than 0.5 nats "
                      "in the last 20% of its epochs (eval.json's late_improvement), so the run had not converged.")
+        capped = sorted({b for m in improving for b in (context.get("row_budgets") or {}).get(m, [])})
+        if capped:
+            parts.append(f"Their epochs are those of budget {', '.join(capped)} (above), set by the table's time limit: "
+                         "their absolute numbers are not converged values, and a difference between such rows is one between "
+                         "runs stopped early, not between converged models.")
     parts += _paired_text(t, columns)
     parts += _published_text(t, shown)
     parts += _setups_text(t)
