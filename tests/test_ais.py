@@ -16,6 +16,7 @@ from flowvae.models.build import build_model, build_variant
 from flowvae.runs.ais import (
     AISTarget, ModelTarget, forward_ais, frozen_for_ais, reverse_ais, schedule, simulate,
 )
+from flowvae.report.tables import build_table
 from flowvae.runs.gaps import GapSettings, optimise_local
 from flowvae.spec.metrics import metric
 from flowvae.spec.settings import AISSettings
@@ -257,6 +258,11 @@ def test_evaluate_with_ais_writes_its_files_and_the_tables_read_them(tiny, tmp_p
     with np.load(run / "per_image.npz") as arrays:
         is_values = arrays["neg_log_px"][index]
     assert math.isclose(metric("is_bias").get(ev), float((is_values - values).mean()), rel_tol=1e-9)
+    assert metric("is_bias_nats").get(ev) == metric("is_bias").get(ev)
+    md, _ = build_table("table1", {"dataset": cfg.dataset_name, "rows": [{"model": "vae"}],
+                                   "metrics": ["neg_log_px", "ais_neg_log_px", "is_bias"]}, [ev], None, {})
+    assert ("AIS columns (the VAE rows): annealed importance sampling (Neal 2001) of -log p(x) on 6 seeded test images "
+            "(T = 20 temperatures on a sigmoid schedule, 4 chains of HMC with 2 leapfrog steps, from the encoder") in md
     gaps = inference_gaps(cfg, run, 4, GapSettings(max_steps=20, check_every=10, eval_samples=16, samples=2), out=tmp_path / "g.json")
     assert gaps["n_images"] == 4 and gaps["amortization_gap"] >= 0
     with np.load(tmp_path / "g.npz") as arrays:

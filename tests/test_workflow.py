@@ -178,6 +178,16 @@ def test_table1_pulls_exactly_its_runs(params):
     assert trained == expected
 
 
+def test_only_the_vae_rows_of_a_table_get_an_ais_evaluation(params):
+    table7 = [r.model for r in plan.table_runs(params, "table7")]
+    assert {"realnvp_s2_b2", "pixelcnn_l5_c32"} <= set(table7) and plan.table_needs_ais(params, "table7")
+    assert [r.model for r in plan.table_ais_runs(params, "table7")] == ["vae", "iaf_d2_w320"]
+    assert [r.model for r in plan.bdmc_runs(params, "table7")] == ["vae"]
+    assert not {r.model for r in plan.ais_runs(params)} & {"realnvp_s2_b2", "pixelcnn_l5_c32", "gan"}
+    smk = snakemake_outputs("quick", "reports/quick/table7.md")
+    assert {p.split("/")[3] for rule, p in smk if rule == "ais"} == {"vae", "iaf_d2_w320"}
+
+
 def test_invalid_params_stop_snakemake_before_any_job(tmp_path):
     text = (REPO / "params.yaml").read_text()
     assert "train: {epochs: 2," in text

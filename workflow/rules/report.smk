@@ -28,8 +28,7 @@ rule table:
         evals=lambda w: run_outputs(plan.table_runs(profile_params(w), w.table), w.profile, rules.evaluate.output.metrics),
         per_image=lambda w: run_outputs(plan.table_runs(profile_params(w), w.table), w.profile, rules.evaluate.output.per_image),
         # ais.json and its per-image values, for tables that show an AIS metric (ais_neg_log_px, is_bias)
-        ais=lambda w: run_outputs(plan.table_runs(profile_params(w), w.table), w.profile, rules.ais.output.metrics, rules.ais.output.per_image)
-        if plan.table_needs_ais(config, w.table) else [],
+        ais=lambda w: run_outputs(plan.table_ais_runs(profile_params(w), w.table), w.profile, rules.ais.output.metrics, rules.ais.output.per_image),
         gaps=lambda w: run_outputs(plan.table_runs(profile_params(w), w.table), w.profile, rules.gaps.output.metrics, rules.gaps.output.per_image)
         if plan.table_needs_gaps(config, w.table) else [],
         bdmc=lambda w: run_outputs(plan.bdmc_runs(profile_params(w), w.table), w.profile, rules.bdmc.output.metrics),

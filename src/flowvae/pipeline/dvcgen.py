@@ -148,8 +148,7 @@ def dvc_stages(params: dict) -> dict:
                                          plan.ais_param_keys(PROFILE), [f"{RUN}/{GAUSSIAN_OBS_PER_IMAGE_FILE}"], GAUSSIAN_OBS_FILE)
     for table in plan.table_names(params):
         evals = [r.path(PROFILE, EVAL_FILE) for r in plan.table_runs(params, table)]
-        ais_files = [r.path(PROFILE, name) for r in plan.table_runs(params, table) for name in (AIS_FILE, AIS_PER_IMAGE_FILE)] \
-            if plan.table_needs_ais(params, table) else []
+        ais_files = [r.path(PROFILE, name) for r in plan.table_ais_runs(params, table) for name in (AIS_FILE, AIS_PER_IMAGE_FILE)]
         ais_files += [r.path(PROFILE, name) for r in plan.table_runs(params, table) for name in (GAPS_FILE, GAPS_PER_IMAGE_FILE)] \
             if plan.table_needs_gaps(params, table) else []
         ais_files += [r.path(PROFILE, BDMC_FILE) for r in plan.bdmc_runs(params, table)]

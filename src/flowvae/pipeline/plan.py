@@ -195,15 +195,26 @@ def table_needs_ais(params: dict, table: str) -> bool:
     return any(m in AIS_METRICS for m in params["tables"][table].get("metrics") or [])
 
 
+def has_latent(run: Run) -> bool:
+    """A VAE (a family that takes an objective): its log p(x) is an estimate, by IS or AIS. A density model's is exact,
+    and the GAN's comes from its own AIS under a Gaussian observation model."""
+    return family(run.variant.family).objectives
+
+
+def table_ais_runs(params: dict, table: str) -> list[Run]:
+    """The runs of a table whose AIS evaluation (ais.json) it reads: its VAE rows, if it shows an AIS metric."""
+    return [r for r in table_runs(params, table) if has_latent(r)] if table_needs_ais(params, table) else []
+
+
 def ais_runs(params: dict) -> list[Run]:
     """The runs whose AIS evaluation (ais.json) a table reads, sorted."""
-    return sorted({r for t in table_names(params) if table_needs_ais(params, t) for r in table_runs(params, t)})
+    return sorted({r for t in table_names(params) for r in table_ais_runs(params, t)})
 
 
 def bdmc_runs(params: dict, table: str | None = None) -> list[Run]:
-    """The runs whose BDMC check (bdmc.json) a table's caption states: the first run of each table that shows an AIS metric."""
+    """The runs whose BDMC check (bdmc.json) a table's caption states: the first AIS-evaluated run of each table."""
     tables = [table] if table else table_names(params)
-    return sorted({table_runs(params, t)[0] for t in tables if table_needs_ais(params, t) and table_runs(params, t)})
+    return sorted({table_ais_runs(params, t)[0] for t in tables if table_ais_runs(params, t)})
 
 
 def table_needs_gaps(params: dict, table: str) -> bool:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from flowvae.report.commands import dirty_rows
 from flowvae.report.format import describe, num
-from flowvae.spec.metrics import BY_PUBLISHED, GAUSSIAN_OBS_ESTIMATOR, GAUSSIAN_OBS_METRICS
+from flowvae.spec.metrics import AIS_METRICS, BY_PUBLISHED, GAUSSIAN_OBS_ESTIMATOR, GAUSSIAN_OBS_METRICS
 from flowvae.spec.variants import parse_variant
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ def caption(t: TableRuns, shown: dict[str, str], columns: list[str] = ()) -> tup
     else:
         parts.append(f"{first('epochs')} epochs.")
     parts += _estimator_text(t)
+    parts += _ais_text(t)
     parts += _bdmc_text(t)
     parts += _decoder_gaussian_obs_text(t)
     seed_metric = t.seed_metric
@@ -108,6 +109,25 @@ def _estimator_text(t: TableRuns) -> list[str]:
                      f"validation images (Wu et al. 2017), on {ev.get('n_images')} seeded test images dequantized as "
                      "(k + u)/256, as a density of k + u: a continuous density, a lower bound on no discrete likelihood.")
     return parts
+
+
+def _ais_text(t: TableRuns) -> list[str]:
+    """What the AIS columns (ais.json beside a VAE row's eval.json) measure, at the settings the runs recorded."""
+    if not any(m.key in AIS_METRICS for m in t.metrics):
+        return []
+    runs = [ev for ev in t.chosen if (ev.get("ais") or {}).get("estimator") == "annealed importance sampling"]
+    if not runs:
+        return []
+
+    def setting(key: str) -> str:
+        return describe((ev["ais"].get("settings") or {}).get(key) for ev in runs)
+
+    images = describe(ev["ais"].get("n_images") for ev in runs)
+    return [f"AIS columns (the VAE rows): annealed importance sampling (Neal 2001) of -log p(x) on {images} seeded test "
+            f"images (T = {setting('T')} temperatures on a {setting('schedule')} schedule, {setting('S')} chains of HMC with "
+            f"{setting('L')} leapfrog steps, from the {setting('initial')} distribution), ± the standard error over those "
+            "images; 'IS - AIS' is each of those images' importance-sampled -log p(x) minus its AIS one, averaged: both "
+            "overestimate -log p(x) on average, so the IS column's bias is at least this large."]
 
 
 def _decoder_gaussian_obs_text(t: TableRuns) -> list[str]:

@@ -82,7 +82,7 @@ def _is_bias_se(ev: Mapping[str, Any]) -> Any:
 
 
 # Metrics read from ais.json (`flowvae evaluate --estimator ais`): a table that shows one needs the AIS evaluation.
-AIS_METRICS = ("ais_neg_log_px", "is_bias")
+AIS_METRICS = ("ais_neg_log_px", "is_bias", "ais_neg_log_px_nats", "is_bias_nats")
 # Metrics read from gaps.json (`flowvae gaps`): a table that shows one needs the inference-gap evaluation.
 GAP_METRICS = ("neg_elbo_q", "neg_elbo_q_star", "gaps_ais_neg_log_px", "approximation_gap", "amortization_gap")
 # Metrics read from sample_quality.json (`flowvae sample-quality`): a table that shows one needs its samples scored.
@@ -126,6 +126,10 @@ METRICS: dict[str, Metric] = {
         Metric("ais_neg_log_px", "-log p(x) (AIS)", r"$-\log p(x)$ (AIS)", _field("ais", "neg_log_px"),
                _field("ais", "neg_log_px_se")),
         Metric("is_bias", "IS - AIS", r"IS $-$ AIS", _is_bias, _is_bias_se, None, 3),
+        # the same two in a bits/dim table, whose -log p(x) (nats) column they stand beside
+        Metric("ais_neg_log_px_nats", "-log p(x) (AIS, nats)", r"$-\log p(x)$ (AIS, nats)", _field("ais", "neg_log_px"),
+               _field("ais", "neg_log_px_se")),
+        Metric("is_bias_nats", "IS - AIS (nats)", r"IS $-$ AIS (nats)", _is_bias, _is_bias_se, None, 3),
         Metric("neg_elbo_q", "-L[q]", r"$-\mathcal{L}[q]$", _negated("gaps", "elbo_amortized"), None, "neg_elbo_q"),
         Metric("neg_elbo_q_star", "-L[q*]", r"$-\mathcal{L}[q^*]$", _negated("gaps", "elbo_optimised"), None, "neg_elbo_q_star"),
         Metric("gaps_ais_neg_log_px", "-log p(x) (AIS)", r"$-\log p(x)$ (AIS)", _negated("gaps", "ais_log_px"), None,
