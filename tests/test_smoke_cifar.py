@@ -1,4 +1,4 @@
-"""The smoke profile trains and evaluates every variant of tables 3 and 4 on its synthetic CIFAR-10 stand-in."""
+"""The smoke profile trains and evaluates the variants of tables 3 and 4 on its synthetic CIFAR-10 stand-in."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from flowvae.spec.layout import prepared_dir
 from flowvae.spec.params import source_dataset
 from flowvae.spec.run import RunSpec
 from flowvae.spec.datasets import DatasetSpec
+from flowvae.spec.variants import parse_variant
 from flowvae.data.prepare import prepare
 from flowvae.runs.evaluate import evaluate
 from flowvae.runs.train import Trainer
@@ -32,13 +33,23 @@ def smoke(tmp_path_factory):
     return params, root
 
 
+def _variants(params, table):
+    """The table's models; of table 4's ResNet VAEs, both posteriors at the fewest rungs and the IAF at the most
+    (the middle rung counts build nothing the others do not, and each ResNet VAE costs seconds here)."""
+    models = [row["model"] for row in params["tables"][table]["rows"]]
+    if table != "table4":
+        return models
+    rungs = sorted({parse_variant(m).steps for m in models})
+    return [m for m in models if parse_variant(m).steps == rungs[0] or (parse_variant(m).steps == rungs[-1] and m.endswith("_iaf"))]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("table", ["table3", "table4"])
-def test_every_cifar_variant_trains_and_evaluates(smoke, table):
+def test_the_cifar_variants_train_and_evaluate(smoke, table):
     params, root = smoke
-    for row in params["tables"][table]["rows"]:
-        cfg = RunSpec.resolve(params, "smoke", "cifar10", row["model"], 0)
-        out = root / "results" / row["model"]
+    for model in _variants(params, table):
+        cfg = RunSpec.resolve(params, "smoke", "cifar10", model, 0)
+        out = root / "results" / model
         Trainer(cfg, out).run()
         metrics = evaluate(cfg, out)
         assert metrics["dataset"] == "cifar10" and metrics["data_source"] == "synthetic_cifar10"
