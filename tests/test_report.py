@@ -150,6 +150,19 @@ def test_ess_is_blank_for_a_likelihood_without_importance_weights(published: pd.
     assert _column(md, "ESS/K") == ["0.003", "—"]
 
 
+def test_the_ais_columns_of_a_bits_per_dim_table_are_blank_for_its_exact_rows(published: pd.DataFrame) -> None:
+    spec = {**SPEC, "rows": [{"model": "vae"}, {"model": "realnvp_s2_b2"}], "units": "bits_per_dim",
+            "metrics": ["neg_log_px_nats", "ais_neg_log_px_nats", "is_bias_nats"]}
+    ais = {"estimator": "annealed importance sampling", "neg_log_px": 801.5, "neg_log_px_se": 15.0, "n_images": 3,
+           "settings": {"T": 500, "S": 8, "L": 5, "schedule": "sigmoid", "initial": "encoder"}}
+    evals = [_eval("vae", ais=ais, _per_image={"neg_log_px": np.array([812.0, 805.0, 790.0, 700.0])},
+                   _ais_per_image={"index": np.array([0, 1, 2]), "neg_log_px": np.array([802.0, 800.5, 781.0])}),
+             _eval("realnvp_s2_b2", K=1, estimator="exact")]
+    md, _ = report.build_table("table7", spec, evals, published, CONTEXT)
+    assert _column(md, "-log p(x) (AIS, nats)") == ["801.50 ± 15.00", "—"]
+    assert _column(md, "IS - AIS (nats)") == ["7.833 ± 1.691", "—"]  # 10, 4.5 and 9 nats
+
+
 def test_a_pixelcnn_and_a_gan_row_say_how_their_likelihood_was_had(published: pd.DataFrame) -> None:
     spec = {**SPEC, "rows": [{"model": "vae"}, {"model": "pixelcnn_l5_c32"}, {"model": "gan"}], "metrics": ["neg_log_px", "fcd"]}
     evals = [_eval("vae", estimator="importance sampling", sample_quality={"fcd": 12.5, "fcd_se": 0.3}),
