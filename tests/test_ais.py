@@ -262,7 +262,7 @@ def test_evaluate_with_ais_writes_its_files_and_the_tables_read_them(tiny, tmp_p
     md, _ = build_table("table1", {"dataset": cfg.dataset_name, "rows": [{"model": "vae"}],
                                    "metrics": ["neg_log_px", "ais_neg_log_px", "is_bias"]}, [ev], None, {})
     assert ("AIS columns (the VAE rows): annealed importance sampling (Neal 2001) of -log p(x) on 6 seeded test images "
-            "(T = 20 temperatures on a sigmoid schedule, 4 chains of HMC with 2 leapfrog steps, from the encoder") in md
+            "(T = 20 temperatures on a sigmoid schedule, 4 chains of HMC with 2 leapfrog steps, from the encoder's Gaussian") in md
     gaps = inference_gaps(cfg, run, 4, GapSettings(max_steps=20, check_every=10, eval_samples=16, samples=2), out=tmp_path / "g.json")
     assert gaps["n_images"] == 4 and gaps["amortization_gap"] >= 0
     with np.load(tmp_path / "g.npz") as arrays:

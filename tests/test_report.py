@@ -161,6 +161,12 @@ def test_the_ais_columns_of_a_bits_per_dim_table_are_blank_for_its_exact_rows(pu
     md, _ = report.build_table("table7", spec, evals, published, CONTEXT)
     assert _column(md, "-log p(x) (AIS, nats)") == ["801.50 ± 15.00", "—"]
     assert _column(md, "IS - AIS (nats)") == ["7.833 ± 1.691", "—"]  # 10, 4.5 and 9 nats
+    assert "8 chains of HMC with 5 leapfrog steps, from the encoder's Gaussian q(z|x))" in md
+    evals.insert(1, _eval("iaf_d2_w320", ais={**ais, "settings": {**ais["settings"], "initial": "moments"}}))
+    spec["rows"].insert(1, {"model": "iaf_d2_w320"})
+    md, _ = report.build_table("table7", spec, evals, published, CONTEXT)
+    assert ("5 leapfrog steps, from vae the encoder's Gaussian q(z|x); iaf_d2_w320 a Gaussian with the mean and sd of "
+            "the posterior's draws)") in md
 
 
 def test_a_pixelcnn_and_a_gan_row_say_how_their_likelihood_was_had(published: pd.DataFrame) -> None:

@@ -111,6 +111,11 @@ def _estimator_text(t: TableRuns) -> list[str]:
     return parts
 
 
+# ais.json's settings.initial (runs/ais.py resolve_initial), as a caption says it
+AIS_STARTS = {"encoder": "the encoder's Gaussian q(z|x)", "moments": "a Gaussian with the mean and sd of the posterior's draws",
+              "prior": "the prior"}
+
+
 def _ais_text(t: TableRuns) -> list[str]:
     """What the AIS columns (ais.json beside a VAE row's eval.json) measure, at the settings the runs recorded."""
     if not any(m.key in AIS_METRICS for m in t.metrics):
@@ -123,9 +128,13 @@ def _ais_text(t: TableRuns) -> list[str]:
         return describe((ev["ais"].get("settings") or {}).get(key) for ev in runs)
 
     images = describe(ev["ais"].get("n_images") for ev in runs)
+    starts = {str(ev["model"]): AIS_STARTS.get(str((ev["ais"].get("settings") or {}).get("initial")), "an unrecorded distribution")
+              for ev in runs}
+    start = ("from " + next(iter(starts.values())) if len(set(starts.values())) == 1 else
+             "from " + "; ".join(f"{model} {initial}" for model, initial in starts.items()))
     return [f"AIS columns (the VAE rows): annealed importance sampling (Neal 2001) of -log p(x) on {images} seeded test "
             f"images (T = {setting('T')} temperatures on a {setting('schedule')} schedule, {setting('S')} chains of HMC with "
-            f"{setting('L')} leapfrog steps, from the {setting('initial')} distribution), ± the standard error over those "
+            f"{setting('L')} leapfrog steps, {start}), ± the standard error over those "
             "images; 'IS - AIS' is each of those images' importance-sampled -log p(x) minus its AIS one, averaged: both "
             "overestimate -log p(x) on average, so the IS column's bias is at least this large."]
 
