@@ -407,6 +407,19 @@ def test_every_row_carries_its_commands_and_code(published: pd.DataFrame) -> Non
     assert "<details>" not in tex
 
 
+def test_the_commands_name_the_evaluations_beside_eval_json_and_their_code(published: pd.DataFrame) -> None:
+    annealed = _eval("vae", ais={"commit": "aaa1111", "source_diff_sha256": None},
+                     bdmc={"commit": "bbb2222", "source_diff_sha256": "e" * 64})
+    md, _ = report.build_table("table1", SPEC, [annealed, _eval("iaf_d2_w320"), _eval("vae_elbo5")], published, CONTEXT)
+    block = md[md.index("<details>"):]
+    args = "--profile quick --dataset binarized_mnist --model vae --seed 0"
+    assert f"flowvae evaluate --estimator ais {args}  # ais.json at aaa1111\n" in block
+    assert ("flowvae bdmc results/quick/binarized_mnist/vae/seed0  # bdmc.json at bbb2222 + uncommitted diff sha256 "
+            "eeeeeeeeeeeeeeee\n") in block
+    assert block.count("--estimator ais") == 1 and "flowvae gaps" not in block
+    assert "Warning: vae seed 0 ran from uncommitted code" in md
+
+
 def test_units_come_from_the_metrics(published: pd.DataFrame) -> None:
     spec = {**SPEC, "metrics": ["bits_per_dim_elbo", "bits_per_dim"]}
     evals = [_eval(m, bits_per_dim={"neg_elbo": 1.5, "neg_log_px": 1.4}) for m in ("vae", "iaf_d2_w320", "vae_elbo5")]

@@ -6,19 +6,21 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from flowvae.spec.layout import EVAL_SOURCE_DIFF_FILE, SOURCE_DIFF_FILE
+from flowvae.report.inputs import BESIDE_EVAL
+from flowvae.spec.layout import EVAL_SOURCE_DIFF_FILE, SOURCE_DIFF_FILE, run_dir
 
 
-def _code(ev: Mapping[str, Any], prefix: str, diff_file: str) -> str:
+def _code(ev: Mapping[str, Any], prefix: str, diff_file: str | None) -> str:
     commit = ev.get(f"{prefix}commit") or "unknown"
     diff = ev.get(f"{prefix}source_diff_sha256")
-    return f"{commit}" + (f" + uncommitted diff sha256 {diff[:16]} ({diff_file})" if diff else "")
+    return f"{commit}" + (f" + uncommitted diff sha256 {diff[:16]}" + (f" ({diff_file})" if diff_file else "") if diff else "")
 
 
 def dirty_rows(evals: list[Mapping[str, Any]]) -> list[str]:
-    """'model seed N' for every run trained or evaluated from uncommitted code."""
+    """'model seed N' for every run trained or evaluated (AIS, gaps and the other evaluations included) from uncommitted code."""
     return [f"{ev.get('model')} seed {ev.get('seed')}" for ev in evals
-            if ev.get("source_diff_sha256") or ev.get("train_source_diff_sha256")]
+            if ev.get("source_diff_sha256") or ev.get("train_source_diff_sha256")
+            or any(isinstance(ev.get(key), Mapping) and ev[key].get("source_diff_sha256") for _, key, _ in BESIDE_EVAL)]
 
 
 def row_commands(table: str, profile: str | None, evals: list[Mapping[str, Any]], budgets: Mapping[str, list[str]]) -> tuple[str, list[str]]:
@@ -37,6 +39,12 @@ def row_commands(table: str, profile: str | None, evals: list[Mapping[str, Any]]
             f"flowvae train {args}",
             f"flowvae evaluate {args}",
         ]
+        folder = run_dir(str(ev.get("profile")), str(ev.get("dataset")), str(ev.get("model")), int(ev.get("seed") or 0))
+        for name, key, command in BESIDE_EVAL:
+            record = ev.get(key)
+            if isinstance(record, Mapping) and "commit" in record:  # read from its own file, with its provenance
+                line = command.replace("RUN_DIR", str(folder)) + (f" {args}" if key == "ais" else "")
+                lines.append(f"{line}  # {name} at {_code(record, '', None)}")
     return intro, lines
 
 
