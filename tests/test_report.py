@@ -167,6 +167,9 @@ def test_the_ais_columns_of_a_bits_per_dim_table_are_blank_for_its_exact_rows(pu
     md, _ = report.build_table("table7", spec, evals, published, CONTEXT)
     assert ("5 leapfrog steps, from vae the encoder's Gaussian q(z|x); iaf_d2_w320 a Gaussian with the mean and sd of "
             "the posterior's draws)") in md
+    nats = {**spec, "units": None, "metrics": ["neg_log_px", "ais_neg_log_px", "is_bias"]}
+    md, _ = report.build_table("table1", nats, evals, published, CONTEXT)
+    assert _column(md, "-log p(x) (AIS)")[::2] == ["801.50 ± 15.00", "—"] and _column(md, "IS - AIS")[2] == "—"
 
 
 def test_a_pixelcnn_and_a_gan_row_say_how_their_likelihood_was_had(published: pd.DataFrame) -> None:

@@ -123,11 +123,11 @@ METRICS: dict[str, Metric] = {
                shows_k=True),
         Metric("neg_log_px_nats", "-log p(x) (nats)", r"$-\log p(x)$ (nats)", _field("neg_log_px"), _field("neg_log_px_se")),
         Metric("gap_bits_per_dim", "gap (bits/dim)", "gap (bits/dim)", _bpd_gap, None, None, 3),
+        # AIS: blank for a table's exact-likelihood rows (plan.table_ais_runs gives only the VAE rows an AIS job)
         Metric("ais_neg_log_px", "-log p(x) (AIS)", r"$-\log p(x)$ (AIS)", _field("ais", "neg_log_px"),
-               _field("ais", "neg_log_px_se")),
-        Metric("is_bias", "IS - AIS", r"IS $-$ AIS", _is_bias, _is_bias_se, None, 3),
+               _field("ais", "neg_log_px_se"), some_rows=True),
+        Metric("is_bias", "IS - AIS", r"IS $-$ AIS", _is_bias, _is_bias_se, None, 3, some_rows=True),
         # the same two in a bits/dim table, whose -log p(x) (nats) column they stand beside
-        # (blank for its exact-likelihood rows: plan.table_ais_runs gives only the VAE rows an AIS job)
         Metric("ais_neg_log_px_nats", "-log p(x) (AIS, nats)", r"$-\log p(x)$ (AIS, nats)", _field("ais", "neg_log_px"),
                _field("ais", "neg_log_px_se"), some_rows=True),
         Metric("is_bias_nats", "IS - AIS (nats)", r"IS $-$ AIS (nats)", _is_bias, _is_bias_se, None, 3, some_rows=True),
