@@ -411,16 +411,27 @@ def test_every_row_carries_its_commands_and_code(published: pd.DataFrame) -> Non
 
 
 def test_the_commands_name_the_evaluations_beside_eval_json_and_their_code(published: pd.DataFrame) -> None:
-    annealed = _eval("vae", ais={"commit": "aaa1111", "source_diff_sha256": None},
-                     bdmc={"commit": "bbb2222", "source_diff_sha256": "e" * 64})
-    md, _ = report.build_table("table1", SPEC, [annealed, _eval("iaf_d2_w320"), _eval("vae_elbo5")], published, CONTEXT)
+    """The evaluations whose columns the table shows, each with its code; one it does not read is neither listed
+    nor counted as uncommitted."""
+    annealed = _eval("vae", ais={"commit": "aaa1111", "source_diff_sha256": None, "neg_log_px": 85.0},
+                     bdmc={"commit": "bbb2222", "source_diff_sha256": "e" * 64},
+                     sample_quality={"commit": "ccc3333", "source_diff_sha256": "f" * 64, "fcd": 3.0})
+    evals = [annealed, _eval("iaf_d2_w320"), _eval("vae_elbo5")]
+    md, _ = report.build_table("table1", {**SPEC, "metrics": [*SPEC["metrics"], "ais_neg_log_px"]}, evals, published, CONTEXT)
     block = md[md.index("<details>"):]
     args = "--profile quick --dataset binarized_mnist --model vae --seed 0"
     assert f"flowvae evaluate --estimator ais {args}  # ais.json at aaa1111\n" in block
     assert ("flowvae bdmc results/quick/binarized_mnist/vae/seed0  # bdmc.json at bbb2222 + uncommitted diff sha256 "
             "eeeeeeeeeeeeeeee\n") in block
-    assert block.count("--estimator ais") == 1 and "flowvae gaps" not in block
+    assert block.count("--estimator ais") == 1 and "flowvae gaps" not in block and "sample-quality" not in block
     assert "Warning: vae seed 0 ran from uncommitted code" in md
+
+    without_ais, _ = report.build_table("table1", SPEC, evals, published, CONTEXT)
+    assert "--estimator ais" not in without_ais and "flowvae bdmc" not in without_ais and "Warning" not in without_ais
+    scored = [ev if ev is annealed else {**ev, "sample_quality": {"fcd": 4.0}} for ev in evals]
+    with_fcd, _ = report.build_table("table1", {**SPEC, "metrics": [*SPEC["metrics"], "fcd"]}, scored, published, CONTEXT)
+    assert "flowvae sample-quality results/quick/binarized_mnist/vae/seed0  # sample_quality.json at ccc3333" in with_fcd
+    assert "Warning: vae seed 0 ran from uncommitted code" in with_fcd and "flowvae bdmc" not in with_fcd
 
 
 def test_units_come_from_the_metrics(published: pd.DataFrame) -> None:

@@ -34,7 +34,7 @@ def caption(t: TableRuns, shown: dict[str, str], columns: list[str] = ()) -> tup
     if sources_used:
         dataset = f"{dataset} (stand-in: {', '.join(sources_used)}; numbers not comparable to the published ones)"
     parts = [f"Profile {first('profile')}, data set {dataset}, seeds {seeds}, code_version {first('code_version')}; {_units(t)}."]
-    dirty = dirty_rows(chosen)
+    dirty = dirty_rows(chosen, t.beside_evals_read)
     if dirty:
         parts.insert(0, f"Warning: {', '.join(dirty)} ran from uncommitted code (its diff is in the run folder).")
     budget = context.get("budget")

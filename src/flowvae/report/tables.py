@@ -21,7 +21,7 @@ from flowvae.report.commands import commands_block, commands_html
 from flowvae.report.format import MISSING_MD, MISSING_TEX, latex_escape, md_escape, num, pm
 from flowvae.report.inputs import PUBLISHED_COLUMNS
 from flowvae.report.paired import NOT_DISTINGUISHABLE, paired_delta
-from flowvae.spec.metrics import Metric, metric
+from flowvae.spec.metrics import Metric, beside_evals_read, metric
 
 
 LATE_LIMIT = 0.5  # nats of validation -ELBO gained in the last 20% of the epochs: a row still improving
@@ -82,6 +82,11 @@ class TableRuns:
     def chosen(self) -> list[Mapping[str, Any]]:
         """Every eval the table shows, row by row."""
         return [ev for model in self.models for ev in self.runs[model]]
+
+    @property
+    def beside_evals_read(self) -> frozenset[str]:
+        """The evaluations beside eval.json that the table's columns read (their commands and code are its rows')."""
+        return beside_evals_read(m.key for m in self.metrics)
 
     @property
     def several_seeds(self) -> bool:
@@ -306,7 +311,7 @@ def table_texts(
 
     title, text = caption(t, shown, [c[0] for c in columns])
     row_commands_of = (name, t.context.get("profile") or (t.chosen[0].get("profile") if t.chosen else None), t.chosen,
-                       t.context.get("row_budgets") or {})
+                       t.context.get("row_budgets") or {}, t.beside_evals_read)
     commands = commands_block(*row_commands_of)
     md_frame = pd.DataFrame([[md_escape(c.md) for c in cells] for cells in body], columns=[md_escape(c[0]) for c in columns])
     tex_frame = pd.DataFrame([[c.tex for c in cells] for cells in body], columns=[c[1] for c in columns])

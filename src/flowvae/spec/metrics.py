@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,16 @@ SAMPLE_QUALITY_METRICS = ("fcd",)
 GAUSSIAN_OBS_ESTIMATOR = "ais_gaussian_observation"
 # Metrics under the Gaussian observation model (runs/gaussian_observation.py): a GAN's eval.json, a VAE's gaussian_obs.json.
 GAUSSIAN_OBS_METRICS = ("gaussian_obs_neg_log_px", "gaussian_obs_bits_per_dim")
+# The evaluations beside eval.json (report/inputs.py BESIDE_EVAL, by their key in a loaded eval) and the metrics that
+# read each; BDMC checks the AIS settings, so an AIS column reads it too.
+BESIDE_EVAL_READERS = {"ais": AIS_METRICS, "bdmc": AIS_METRICS, "gaps": GAP_METRICS,
+                       "sample_quality": SAMPLE_QUALITY_METRICS, "gaussian_obs": GAUSSIAN_OBS_METRICS}
+
+
+def beside_evals_read(metric_keys: Iterable[str]) -> frozenset[str]:
+    """The keys of the evaluations beside eval.json that a table showing these metrics reads."""
+    keys = set(metric_keys)
+    return frozenset(beside for beside, readers in BESIDE_EVAL_READERS.items() if keys & set(readers))
 
 
 def _gaussian_obs_bpd_se(ev: Mapping[str, Any]) -> Any:
