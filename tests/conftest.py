@@ -163,10 +163,12 @@ def synthetic_mirror(root: Path, n_mnist_train: int = 900, n_test: int = 200) ->
 
 
 def project_copy(
-    dest: Path, rows_per_table: int = 2, latent2d_variants: int = 1, tables: list[str] | None = None
+    dest: Path, rows_per_table: int = 2, latent2d_variants: int = 1, tables: list[str] | None = None,
+    summaries: list[str] | None = None,
 ) -> Path:
     """A git copy of the project with a synthetic data mirror and tables cut to their first rows, one seed each;
-    with `tables`, only those tables (and the summaries' mentions of them) are kept.
+    with `tables`, only those tables (and the summaries' mentions of them) are kept; with `summaries`, only those
+    named summaries (each draws its own figures).
 
     The data sets' checksums and split sizes in the copy's params.yaml are rewritten for the
     synthetic files, and dvc.yaml is regenerated; returns the mirror folder.
@@ -201,6 +203,8 @@ def project_copy(
             summary["tables"] = [t for t in summary["tables"] if t in params["tables"]]
             if not summary["tables"]:
                 del params["summaries"][name]
+    if summaries is not None:
+        params["summaries"] = {name: params["summaries"][name] for name in summaries}
     for table in params["tables"].values():
         table["rows"] = [{k: v for k, v in row.items() if k != "seeds"} for row in table["rows"][:rows_per_table]]
     params["figures"]["latent2d"]["variants"] = params["figures"]["latent2d"]["variants"][:latent2d_variants]

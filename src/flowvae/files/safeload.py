@@ -10,14 +10,15 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
 from flowvae.files.errors import CorruptFileError
+
+if TYPE_CHECKING:
+    import torch
 
 METADATA_KEY = "flowvae"  # the one safetensors metadata entry: a JSON document with sorted keys
 
@@ -50,6 +51,8 @@ def load_npz(path: str | Path, names: tuple[str, ...], what: str, rebuild: str) 
 
 def load_state(path: str | Path, map_location: Any, what: str, rebuild: str) -> dict:
     """A torch.save'd state dict, loaded with weights_only=True."""
+    import torch  # here, not above: the commands that only read arrays and metadata start without torch's seconds
+
     path = Path(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -65,6 +68,8 @@ def load_state(path: str | Path, map_location: Any, what: str, rebuild: str) -> 
 
 def load_safetensors(path: str | Path, what: str, rebuild: str) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file."""
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; {rebuild}")
@@ -80,7 +85,7 @@ def read_metadata(path: str | Path, what: str, rebuild: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; {rebuild}")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError):
         raise _fail(path, what, "not a valid safetensors file", rebuild) from None
