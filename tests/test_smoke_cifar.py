@@ -34,13 +34,13 @@ def smoke(tmp_path_factory):
 
 
 def _variants(params, table):
-    """The table's models; of table 4's ResNet VAEs, both posteriors at the fewest rungs and the IAF at the most
-    (the middle rung counts build nothing the others do not, and each ResNet VAE costs seconds here)."""
+    """The table's models; of table 4's ResNet VAEs, both posteriors at the fewest rungs and the IAF at the next
+    count (more rungs build nothing a second count does not; the 20-rung IAF alone cost 53 s of CPU here)."""
     models = [row["model"] for row in params["tables"][table]["rows"]]
     if table != "table4":
         return models
     rungs = sorted({parse_variant(m).steps for m in models})
-    return [m for m in models if parse_variant(m).steps == rungs[0] or (parse_variant(m).steps == rungs[-1] and m.endswith("_iaf"))]
+    return [m for m in models if parse_variant(m).steps == rungs[0] or (parse_variant(m).steps == rungs[1] and m.endswith("_iaf"))]
 
 
 @pytest.mark.slow
