@@ -15,6 +15,8 @@ import torch
 
 from flowvae.spec.run import RunSpec
 
+from cpu_times import pytest_addoption, pytest_configure, pytest_terminal_summary  # noqa: F401  (--cpu-times)
+
 # `flowvae train` and `evaluate` refuse uncommitted sources; the suite runs them from a work in progress
 # too (a clean clone in CI is unaffected). test_provenance.py checks the refusal itself, without this.
 os.environ["FLOWVAE_ALLOW_DIRTY"] = "1"
