@@ -53,7 +53,7 @@ def row_commands(table: str, profile: str | None, evals: list[Mapping[str, Any]]
 
 
 def commands_block(table: str, profile: str | None, evals: list[Mapping[str, Any]], budgets: Mapping[str, list[str]],
-                  beside_read: Collection[str]) -> str:
+                   beside_read: Collection[str]) -> str:
     """A collapsed Markdown block of row_commands."""
     intro, lines = row_commands(table, profile, evals, budgets, beside_read)
     block = ["<details><summary>Commands behind each row</summary>", "", intro, "", "```", *lines, "```", "", "</details>"]
@@ -61,7 +61,7 @@ def commands_block(table: str, profile: str | None, evals: list[Mapping[str, Any
 
 
 def commands_html(table: str, profile: str | None, evals: list[Mapping[str, Any]], budgets: Mapping[str, list[str]],
-                 beside_read: Collection[str]) -> str:
+                  beside_read: Collection[str]) -> str:
     """row_commands as a collapsed HTML block."""
     intro, lines = row_commands(table, profile, evals, budgets, beside_read)
     sentence = "".join(f"<code>{escape(part)}</code>" if i % 2 else escape(part) for i, part in enumerate(intro.split("`")))
