@@ -15,6 +15,7 @@ import yaml
 
 from flowvae import cli
 from flowvae.report import inputs, summary as summary_page, tables as report
+from flowvae.spec import metrics
 
 SPEC = {
     "title": "Binarized MNIST: diagonal Gaussian vs IAF posteriors",
@@ -432,6 +433,12 @@ def test_the_commands_name_the_evaluations_beside_eval_json_and_their_code(publi
     with_fcd, _ = report.build_table("table1", {**SPEC, "metrics": [*SPEC["metrics"], "fcd"]}, scored, published, CONTEXT)
     assert "flowvae sample-quality results/quick/binarized_mnist/vae/seed0  # sample_quality.json at ccc3333" in with_fcd
     assert "Warning: vae seed 0 ran from uncommitted code" in with_fcd and "flowvae bdmc" not in with_fcd
+
+
+def test_every_evaluation_beside_eval_json_names_the_metrics_that_read_it() -> None:
+    """A file the report loads beside eval.json but no metric claims would never be listed in the commands block."""
+    assert {key for _, key, _ in inputs.BESIDE_EVAL} == set(metrics.BESIDE_EVAL_READERS)
+    assert all(set(readers) <= set(metrics.METRICS) for readers in metrics.BESIDE_EVAL_READERS.values())
 
 
 def test_units_come_from_the_metrics(published: pd.DataFrame) -> None:
