@@ -47,12 +47,24 @@ def test_the_run_record_carries_the_budgeted_settings(params):
 
 def test_a_training_depends_on_exactly_the_budgets_that_can_match_it(params):
     keys = plan.train_param_keys(params, plan.Run("stripes", "vae_iwae5", 0), "test")
-    assert [k for k in keys if k.startswith("budgets.")] == ["budgets.short", "budgets.iwae"]
+    assert [k for k in keys if k.startswith("budgets.")] == [
+        "budgets.short.profiles", "budgets.short.datasets", "budgets.short.train",
+        "budgets.iwae.profiles", "budgets.iwae.datasets", "budgets.iwae.models", "budgets.iwae.train"]
     keys = plan.train_param_keys(params, plan.Run("stripes", "nf4", 0), "test")
-    assert [k for k in keys if k.startswith("budgets.")] == ["budgets.short"]
+    assert [k for k in keys if k.startswith("budgets.")] == ["budgets.short.profiles", "budgets.short.datasets", "budgets.short.train"]
     params["budgets"]["short"]["train"]["epochs"] = 6  # what Snakemake's params trigger compares changes
     assert plan.param_values(params, keys) != plan.param_values(copy.deepcopy({**params, "budgets": {
         **params["budgets"], "short": {**params["budgets"]["short"], "train": {"epochs": 5, "warmup_epochs": 1}}}}), keys)
+
+
+def test_a_budget_note_changes_its_tables_params_and_no_training(params):
+    params["budgets"]["iwae"]["note"] = "two epochs"
+    train_keys = plan.train_param_keys(params, plan.Run("stripes", "vae_iwae5", 0), "test")
+    assert plan.table_param_keys(params, "t1") == ["tables.t1", "budgets.iwae.note"]
+    before = {"train": plan.param_values(params, train_keys), "table": plan.param_values(params, plan.table_param_keys(params, "t1"))}
+    params["budgets"]["iwae"]["note"] = "two epochs, reworded"
+    assert plan.param_values(params, train_keys) == before["train"]
+    assert plan.param_values(params, plan.table_param_keys(params, "t1")) != before["table"]
 
 
 def test_rows_have_their_own_seeds(params):
@@ -66,9 +78,9 @@ def test_dvc_trains_runs_with_different_budgets_in_different_stages(params):
     train = {name: stage for name, stage in stages.items() if name.startswith("train_")}
     assert set(train) == {"train_stripes_short", "train_stripes_short_iwae"}
     iwae = train["train_stripes_short_iwae"]
-    assert "budgets.iwae" in iwae["do"]["params"]
+    assert "budgets.iwae.train" in iwae["do"]["params"]
     assert [item["model"] for item in iwae["foreach"].values()] == ["vae_iwae5"]
-    assert "budgets.iwae" not in train["train_stripes_short"]["do"]["params"]
+    assert "budgets.iwae.train" not in train["train_stripes_short"]["do"]["params"]
 
 
 @pytest.mark.parametrize(

@@ -103,6 +103,7 @@ CHANGES = {
     "the ladder settings (no ladder run here)": (lambda p: p["profiles"]["smoke"]["ladder"].update(channels=4), set()),
     "code_version": (lambda p: p.update(code_version=p["code_version"] + 1), ALL_RUNS | TABLES),
     "one table's budget": (lambda p: p["budgets"]["mnist_tables"]["profiles"].append("smoke"), ALL_RUNS | TABLES),
+    "a budget's note (caption text)": (lambda p: p["budgets"]["mnist_tables"].update(note="reworded"), TABLES),
     "one table's spec": (lambda p: p["tables"]["table10"].update(title="renamed"), {("table", "table10")}),
     "the published numbers": ("published", TABLES),
 }

@@ -7,6 +7,7 @@
     python -m flowvae.bench --bf16-check RUN_DIR # |log p(x) change| with a bfloat16 decoder on a trained run
     python -m flowvae.bench --ais                # AIS cost: decoder gradient evaluations/s, s/image (MLP, ResNet, gated conv)
     python -m flowvae.bench --flows --repeats 5  # the flow posteriors' training speed on the quick MLP, as a ratio to the VAE's
+    python -m flowvae.bench --flows --train-modes compiled  # the same, eager and torch.compile'd steps in the same rounds
 
 The networks are those of params.yaml: the MLP of the quick profile, the ResNet and the ladder of the
 paper profile, the gated convolutions of the sylvester profile. The gated-conv rows also time importance
@@ -234,23 +235,36 @@ COLUMNS = [
 
 def flow_speed(nets: dict[str, tuple[dict, int | None]], repeats: int, device, compiled: bool = False) -> list[dict]:
     """Training images/s of each flow posterior on the quick MLP: the median of `repeats` rounds, each round timing
-    every variant once in turn (so that a slow spell of the machine hits all of them), and its ratio to the VAE's."""
+    every variant once in turn (so that a slow spell of the machine hits all of them), and its ratio to the eager
+    VAE's. With `compiled`, every round also times each variant's torch.compile'd step (compiled before the rounds)."""
     net = nets["mlp"][0]
+    modes = (False, True) if compiled else (False,)
     models = {}
     for name in FLOW_VARIANTS:
-        torch.manual_seed(0)
-        models[name] = build_variant(name, net, MNIST, _likelihood(MNIST)).to(device)
-        models[name].initialize(torch.from_numpy(_images(MNIST, 16, True)).float().to(device))
-    rates: dict[str, list[float]] = {name: [] for name in FLOW_VARIANTS}
+        for mode in modes:  # one model per mode, so that the eager figures never run a compiled graph
+            torch.manual_seed(0)
+            models[name, mode] = build_variant(name, net, MNIST, _likelihood(MNIST)).to(device)
+            models[name, mode].initialize(torch.from_numpy(_images(MNIST, 16, True)).float().to(device))
+    compile_s = {}
+    for (name, mode), model in models.items():
+        if mode:
+            start = time.perf_counter()
+            train_rate(model, MNIST, 100, 1, device, compiled=True)
+            compile_s[name] = time.perf_counter() - start
+    rates: dict[tuple[str, bool], list[float]] = {key: [] for key in models}
     for _ in range(repeats):
-        for name, model in models.items():
-            rates[name].append(train_rate(model, MNIST, 100, 40, device, compiled=compiled))
-    vae = float(np.median(rates["vae"]))
-    rows = [{"model": name, "network": "mlp", "compiled": compiled, "train_images_per_s": float(np.median(r)),
-             "train_images_per_s_runs": r, "ratio_to_vae": float(np.median(r)) / vae} for name, r in rates.items()]
+        for (name, mode), model in models.items():
+            rates[name, mode].append(train_rate(model, MNIST, 100, 40, device, compiled=mode))
+    vae = float(np.median(rates["vae", False]))
+    rows = [{"model": name, "network": "mlp", "compiled": mode, "train_images_per_s": float(np.median(r)),
+             "train_images_per_s_runs": r, "ratio_to_vae": float(np.median(r)) / vae,
+             **({"compile_seconds": compile_s[name]} if mode else {})} for (name, mode), r in rates.items()]
     for row in rows:
-        print(f"{row['model']:<12} {row['train_images_per_s']:>9,.0f} images/s  {row['ratio_to_vae']:.2f}x the VAE"
-              f"  (median of {repeats}: {', '.join(f'{v:,.0f}' for v in row['train_images_per_s_runs'])})", flush=True)
+        label = row["model"] + (" compiled" if row["compiled"] else "")
+        compile_note = f", compiled in {row['compile_seconds']:.0f} s" if row["compiled"] else ""
+        print(f"{label:<21} {row['train_images_per_s']:>9,.0f} images/s  {row['ratio_to_vae']:.2f}x the eager VAE"
+              f"  (median of {repeats}: {', '.join(f'{v:,.0f}' for v in row['train_images_per_s_runs'])}{compile_note})",
+              flush=True)
     return rows
 
 

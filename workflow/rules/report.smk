@@ -68,7 +68,7 @@ rule table:
             labels={"table": "{table}", "format": "HTML"},
         ),
     params:
-        spec=lambda w: plan.param_values(config, plan.table_param_keys(w.table)),
+        spec=lambda w: plan.param_values(config, plan.table_param_keys(config, w.table)),
     log:
         "logs/report/{profile}/{table}.log",
     shell:

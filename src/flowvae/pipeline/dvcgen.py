@@ -78,7 +78,7 @@ def train_stage_names(params: dict, runs: list[plan.Run]) -> dict[plan.Run, str]
     out = {}
     for run, (name, param_keys) in keys.items():
         variants = {k for n, k in keys.values() if n == name}
-        budgets = [k.removeprefix("budgets.") for k in param_keys if k.startswith("budgets.")]
+        budgets = list(dict.fromkeys(k.split(".")[1] for k in param_keys if k.startswith("budgets.")))
         out[run] = name + "".join(f"_{b}" for b in budgets) if len(variants) > 1 and budgets else name
     return out
 
@@ -164,7 +164,7 @@ def dvc_stages(params: dict) -> dict:
             ),
             "deps": [PUBLISHED_CSV, SOURCES_CSV, *evals, *(r.path(PROFILE, PER_IMAGE_FILE) for r in plan.table_runs(params, table)),
                      *ais_files],
-            "params": plan.table_param_keys(table),
+            "params": plan.table_param_keys(params, table),
             # persist: DVC leaves the table in place while its stage runs, so a failed rebuild keeps the last one
             "outs": [{p: {"cache": False, "persist": True}} for p in (f"{REPORTS}/{table}.md", f"{REPORTS}/{table}.tex",
                                                                       f"{REPORTS}/{table}.html")],

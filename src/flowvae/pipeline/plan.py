@@ -4,10 +4,11 @@ Snakemake's rules and the generated dvc.yaml both take their job lists and their
 here, so the two build the same DAG and rerun the same jobs after a change to params.yaml:
 
 - prepare:  the data set's entries (its own and any stand-in's), the profile's subset and substitute;
-- train:    code_version, the profile's train block and the budgets that match the run, its network
-            (ladder for resvae runs), and the prepare keys;
+- train:    code_version, the profile's train block, what the budgets that match the run decide (not their
+            notes), its network (ladder for resvae runs), and the prepare keys;
 - evaluate: code_version and the profile's eval block (and, through its inputs, the trained model);
-- table:    its tables.<name> entry (and, through its inputs, the evaluations and published numbers);
+- table:    its tables.<name> entry and its runs' budgets' notes (and, through its inputs, the evaluations and
+            published numbers);
 - figures:  the figures block and its summary page's tables.<name> entries (and, through its inputs, the runs' files);
 - resources, seeds of other runs, data.mirror: nothing.
 """
@@ -160,7 +161,7 @@ def summary_sample_quality_runs(params: dict, summary: str) -> list[Run]:
 def figures_param_keys(params: dict, summary: str) -> list[str]:
     """The params.yaml keys a summary page's figures depend on besides its runs' files: the figures block and
     its tables (their titles, rows and units set the curves' figures)."""
-    return ["figures", *(key for name in summary_tables(params, summary) for key in table_param_keys(name))]
+    return ["figures", *(key for name in summary_tables(params, summary) for key in table_param_keys(params, name))]
 
 
 def reports_with_run(params: dict, run: Run) -> list[str]:
@@ -181,10 +182,15 @@ def prepare_param_keys(params: dict, dataset: str, profile: str) -> list[str]:
     return keys + [f"profiles.{profile}.subset", f"profiles.{profile}.substitute"]
 
 
+# What a budget decides about its runs' training; its note is caption text, which only its tables depend on.
+BUDGET_TRAINING_KEYS = ("profiles", "datasets", "models", "train")
+
+
 def train_param_keys(params: dict, run: Run, profile: str) -> list[str]:
     """The params.yaml keys a training depends on."""
     own = ["code_version", f"profiles.{profile}.train", f"profiles.{profile}.{run.network_block}"]
-    budgets = [f"budgets.{name}" for name in matching_budgets(params, run.dataset, run.model)]
+    budgets = [f"budgets.{name}.{key}" for name in matching_budgets(params, run.dataset, run.model)
+               for key in BUDGET_TRAINING_KEYS if key in params["budgets"][name]]
     return own + budgets + prepare_param_keys(params, run.dataset, profile)
 
 
@@ -283,9 +289,11 @@ def ais_param_keys(profile: str) -> list[str]:
     return ["code_version", f"profiles.{profile}.ais"]
 
 
-def table_param_keys(table: str) -> list[str]:
-    """The params.yaml keys a table depends on besides its evaluations."""
-    return [f"tables.{table}"]
+def table_param_keys(params: dict, table: str) -> list[str]:
+    """The params.yaml keys a table depends on besides its evaluations: its entry, and the notes of the budgets
+    that can match its runs (its caption quotes them)."""
+    budgets = dict.fromkeys(name for run in table_runs(params, table) for name in matching_budgets(params, run.dataset, run.model))
+    return [f"tables.{table}", *(f"budgets.{name}.note" for name in budgets if "note" in params["budgets"][name])]
 
 
 def lookup(params: dict, key: str) -> Any:
