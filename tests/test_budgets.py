@@ -58,12 +58,16 @@ def test_a_training_depends_on_exactly_the_budgets_that_can_match_it(params):
 
 
 def test_a_budget_note_changes_its_tables_params_and_no_training(params):
+    params["figures"] = {"notebook": "figures.ipynb"}
     params["budgets"]["iwae"]["note"] = "two epochs"
     train_keys = plan.train_param_keys(params, plan.Run("stripes", "vae_iwae5", 0), "test")
     assert plan.table_param_keys(params, "t1") == ["tables.t1", "budgets.iwae.note"]
-    before = {"train": plan.param_values(params, train_keys), "table": plan.param_values(params, plan.table_param_keys(params, "t1"))}
+    figures_keys = plan.figures_param_keys(params, "summary")
+    before = {"train": plan.param_values(params, train_keys), "table": plan.param_values(params, plan.table_param_keys(params, "t1")),
+              "figures": plan.param_values(params, figures_keys)}
     params["budgets"]["iwae"]["note"] = "two epochs, reworded"
     assert plan.param_values(params, train_keys) == before["train"]
+    assert plan.param_values(params, figures_keys) == before["figures"]  # no figure shows a note
     assert plan.param_values(params, plan.table_param_keys(params, "t1")) != before["table"]
 
 

@@ -161,7 +161,7 @@ def summary_sample_quality_runs(params: dict, summary: str) -> list[Run]:
 def figures_param_keys(params: dict, summary: str) -> list[str]:
     """The params.yaml keys a summary page's figures depend on besides its runs' files: the figures block and
     its tables (their titles, rows and units set the curves' figures)."""
-    return ["figures", *(key for name in summary_tables(params, summary) for key in table_param_keys(params, name))]
+    return ["figures", *(f"tables.{name}" for name in summary_tables(params, summary))]
 
 
 def reports_with_run(params: dict, run: Run) -> list[str]:
