@@ -44,3 +44,16 @@ def test_a_committed_table_has_the_rows_seeds_and_K_of_params_yaml(path: Path) -
     if K:
         expected = EvalSettings.from_params(PARAMS["profiles"][profile]["eval"]).K_for(spec["dataset"])
         assert int(K.group(1).replace(",", "")) == expected, f"{path}: K = {K.group(1)}, params.yaml's is {expected}"
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_committed_table_quotes_its_budgets_as_params_yaml_has_them_now(path: Path) -> None:
+    from flowvae.pipeline.plan import table_runs
+    from flowvae.report.tables import budget_text
+
+    profile, table = path.parent.name, path.stem
+    budgets = budget_text(PARAMS, profile, table_runs(PARAMS, table))
+    if budgets is None:
+        assert "Trained under budget" not in path.read_text(), f"{path}: names a budget, and params.yaml has none for its runs"
+    else:
+        assert f"Trained under {budgets}" in path.read_text(), f"{path}: its caption's budgets differ from params.yaml's: {budgets!r}"
