@@ -222,6 +222,8 @@ def test_the_bdmc_gap_of_a_run_is_stated_in_the_caption(published: pd.DataFrame)
     assert "(T = 200, L = 5, S = 8), is 0.43 ± 0.05 nats" in md
     md, _ = report.build_table("table1", spec, [_eval("vae", ais=ais), _eval("iaf_d2_w320", ais=ais)], published, CONTEXT)
     assert "BDMC" not in md
+    md, _ = report.build_table("table1", {**spec, "metrics": ["neg_log_px"]}, evals, published, CONTEXT)
+    assert "BDMC" not in md, "a table without an AIS column quoted the BDMC check of its AIS"
 
 
 def test_a_budget_is_named_in_the_caption(published: pd.DataFrame) -> None:

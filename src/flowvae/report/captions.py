@@ -153,7 +153,10 @@ def _decoder_gaussian_obs_text(t: TableRuns) -> list[str]:
 
 
 def _bdmc_text(t: TableRuns) -> list[str]:
-    """The BDMC check of the AIS numbers (bdmc.json beside a run's eval.json), where a run of the table has one."""
+    """The BDMC check of the AIS numbers (bdmc.json beside a run's eval.json), where the table shows an AIS column and a
+    run of it has one."""
+    if not any(m.key in (*AIS_METRICS, *GAUSSIAN_OBS_METRICS, "gaps_ais_neg_log_px") for m in t.metrics):
+        return []
     parts = []
     for ev in t.chosen:
         b = ev.get("bdmc")
