@@ -1,5 +1,6 @@
 """`--cpu-times=PATH`: the CPU seconds of each test, its own process's and those of the subprocesses it waited for
-(Snakemake, DVC and their jobs), one JSON line per test in PATH, and the costliest tests with the total at the end.
+(Snakemake, DVC and their jobs), one JSON line per test in PATH (with its start and wall seconds, which show how the
+workers' time was spent), and the costliest tests with the total at the end.
 
 Other work on the machine stretches a test's wall time but hardly its CPU time, so on a shared machine this is the
 figure that says where the suite's time goes. Jobs run by a daemon (the SLURM tests' slurmd) are not counted.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import time
 from pathlib import Path
 
 SHOWN = 15
@@ -30,15 +32,17 @@ class _Recorder:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.started: dict[str, float] = {}
+        self.started: dict[str, tuple[float, float]] = {}
 
     def pytest_runtest_logstart(self, nodeid, location):
-        self.started[nodeid] = _cpu_seconds()
+        self.started[nodeid] = _cpu_seconds(), time.time()
 
     def pytest_runtest_logfinish(self, nodeid, location):
-        seconds = _cpu_seconds() - self.started.pop(nodeid)
+        cpu, wall = self.started.pop(nodeid)
+        row = {"test": nodeid, "cpu_seconds": round(_cpu_seconds() - cpu, 3), "pid": os.getpid(),
+               "start": round(wall, 3), "wall_seconds": round(time.time() - wall, 3)}
         with open(self.path, "a") as f:
-            f.write(json.dumps({"test": nodeid, "cpu_seconds": round(seconds, 3), "pid": os.getpid()}) + "\n")
+            f.write(json.dumps(row) + "\n")
 
 
 def pytest_configure(config):
