@@ -9,11 +9,18 @@ import os
 import struct
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# On pytest-xdist workers (`make test` runs more workers than cores), each worker and the jobs it starts compute on one
+# thread: threads of several processes contending for two cores spin-wait and slow one another. Before numpy and torch
+# load; the jobs inherit it (a job given `threads` sets that many itself).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = "1"
 
-from flowvae.spec.run import RunSpec
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from flowvae.spec.run import RunSpec  # noqa: E402
 
 from cpu_times import pytest_addoption, pytest_configure, pytest_terminal_summary  # noqa: F401  (--cpu-times)
 
@@ -245,9 +252,18 @@ def quadrature_log_px(model, x, half_width: float, points: int):
                             for i in range(x.shape[0])])
 
 
+# The files that take longest, in wall seconds on 3 workers (`--cpu-times`, 2026-12-02, commit 5de2759). They start
+# first, longest first, so that the workers finish together; figures gone stale cost balance, not correctness.
+LONGEST_FILES = {
+    "test_pipeline.py": 344, "test_invalidation.py": 285, "test_slurm.py": 229, "test_provenance.py": 110,
+    "test_dvc_remote.py": 106, "test_train_paths.py": 105, "test_ci_workflow.py": 93,
+    "test_results_match_settings.py": 82, "test_snakemake_report.py": 78,
+}
+
+
 def pytest_collection_modifyitems(items):
-    """The files holding slow tests first, each file's tests in their order: on several workers (`make test`: --dist
-    loadfile --no-loadscope-reorder, which keeps this order) a long end-to-end test then starts early instead of
-    running alone at the end."""
+    """The longest files first (LONGEST_FILES), then the other files holding slow tests, each file's tests in their
+    order: on several workers (`make test`: --dist loadfile --no-loadscope-reorder, which keeps this order) a long
+    end-to-end test then starts early instead of running alone at the end."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+    items.sort(key=lambda item: (-LONGEST_FILES.get(item.path.name, 0), item.path not in slow_files))
