@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 CORES ?= 2
 # The suite runs its files on TEST_WORKERS processes (pytest-xdist), each file's tests in one process, the longest files
 # first (tests/conftest.py; --no-loadscope-reorder keeps that order). Three workers on two cores: the SLURM tests and the
-# pipelines' subprocesses leave a core waiting that a third worker fills (2026-12-02, same machine and hour: 13 min 5 s
-# on 3 workers, 15 min 24 s on 2; the figures in README.md).
+# pipelines' subprocesses leave a core waiting that a third worker fills (2026-12-02, same machine and hour: 12 min 40 s
+# on 3 workers, 15 min 24 s on 2; README.md has the figures).
 TEST_WORKERS ?= 3
 # The headline table and its figures; every MNIST table: make run TARGET=reports/quick/summary_mnist.md
 TARGET ?= reports/quick/summary_headline.md

