@@ -53,8 +53,8 @@ def snakemake_plan(project: Path, env) -> set:
 
 # `dvc repro --dry` names the stages whose own params or deps changed; the stages after them rerun
 # when those produce new outputs (a retrained model is never the same bytes), so add what follows them
-# on the way to the targets, from DVC's own stage graph. Both in one process: one interpreter and one read of the
-# project instead of two (about 3 CPU seconds less per case).
+# on the way to the targets, from DVC's own stage graph. Both in one process: one interpreter start and one import
+# of DVC instead of two (about 3 CPU seconds less per case).
 DRY_RUN_AND_FOLLOWING = """
 import logging
 import re
