@@ -10,8 +10,8 @@ import struct
 from pathlib import Path
 
 # On pytest-xdist workers (`make test` runs more workers than cores), each worker and the jobs it starts compute on one
-# thread: threads of several processes contending for two cores spin-wait and slow one another. Before numpy and torch
-# load; the jobs inherit it (a job given `threads` sets that many itself).
+# thread, so that the workers do not put more compute threads than that on the cores. Set before numpy and torch load;
+# the jobs inherit it (a job given `threads` sets that many itself).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = "1"
